@@ -1,0 +1,16 @@
+"""ASGI entry point: daphne serves it (`runserver` too, since daphne is an installed app).
+
+Channels' ProtocolTypeRouter is the one routing layer; HTTP (the API, the pages and the SSE
+streams) all goes to Django. There is no second push path.
+"""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "lingoloop.settings")
+django_asgi_app = get_asgi_application()
+
+from channels.routing import ProtocolTypeRouter  # noqa: E402
+
+application = ProtocolTypeRouter({"http": django_asgi_app})

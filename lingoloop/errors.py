@@ -1,0 +1,90 @@
+"""One error shape for the whole API.
+
+Every refusal is `{"error": {"code", "message", "field"}}` with a fitting status. Code raises
+`ApiError`; DRF's own exceptions are translated by `api_exception_handler`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.http import Http404
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        field: str | None = None,
+        status_code: int = status.HTTP_400_BAD_REQUEST,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.field = field
+        self.status_code = status_code
+        self.headers = headers or {}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message, "field": self.field}}
+
+    def response(self) -> Response:
+        return Response(self.as_dict(), status=self.status_code, headers=self.headers)
+
+
+def _first_validation_error(detail: Any, prefix: str | None = None) -> tuple[str | None, Any]:
+    """The first (field, error) of a possibly nested DRF validation detail."""
+    if isinstance(detail, dict):
+        for key, value in detail.items():
+            name = None if key == "non_field_errors" else str(key)
+            field = f"{prefix}.{name}" if prefix and name else (name or prefix)
+            return _first_validation_error(value, field)
+    if isinstance(detail, list) and detail:
+        return _first_validation_error(detail[0], prefix)
+    return prefix, detail
+
+
+_CODES = {
+    exceptions.NotAuthenticated: "not_authenticated",
+    exceptions.AuthenticationFailed: "authentication_failed",
+    exceptions.PermissionDenied: "permission_denied",
+    exceptions.NotFound: "not_found",
+    exceptions.MethodNotAllowed: "method_not_allowed",
+    exceptions.NotAcceptable: "not_acceptable",
+    exceptions.UnsupportedMediaType: "unsupported_media_type",
+    exceptions.Throttled: "throttled",
+    exceptions.ParseError: "malformed_request",
+}
+
+
+def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, ApiError):
+        return exc.response()
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = exceptions.PermissionDenied()
+
+    response = exception_handler(exc, context)
+    if response is None or not isinstance(exc, exceptions.APIException):
+        return response
+
+    field: str | None = None
+    if isinstance(exc, exceptions.ValidationError):
+        field, detail = _first_validation_error(exc.detail)
+        code = getattr(detail, "code", None) or "invalid"
+        message = str(detail)
+        if field:
+            message = f"{field}: {message}"
+    else:
+        code = _CODES.get(type(exc), getattr(exc, "default_code", "error"))
+        message = str(exc.detail) if isinstance(exc.detail, str) else str(exc)
+    response.data = ApiError(code, message, field=field).as_dict()
+    return response

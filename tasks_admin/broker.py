@@ -1,0 +1,119 @@
+"""A django-q2 broker over the project's own `job` table.
+
+django-q2's pusher calls `dequeue()` in a loop and puts what it returns into the cluster's
+in-memory task queue, where a task may wait until a worker is free (DESIGN.md, item 7). So the
+pick here is only a short hold (`JOB_PICK_HOLD_SECONDS`) that keeps other clusters from picking
+the same job meanwhile; the job stays `queued` for users, and the claim that counts is the
+compare-and-set in `runner.run_job` when a worker starts it. If this cluster is busy or dies,
+the hold runs out and any cluster can pick the job again.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import close_old_connections, transaction
+from django.utils import timezone
+from django_q.brokers import Broker
+from django_q.conf import Conf
+from django_q.signing import SignedPackage
+
+from tasks_admin.models import Job, JobStatus
+from tasks_admin.runner import reap_expired_leases
+
+TASK_FUNC = "tasks_admin.runner.run_job"
+REAP_EVERY_SECONDS = 5.0
+
+
+class JobBroker(Broker):
+    # Class-level: django-q2 may hand the broker to its pusher process by pickling.
+    _last_reap = 0.0
+
+    @property
+    def holder(self) -> str:
+        return f"pick:{socket.gethostname()}:{os.getpid()}"
+
+    def enqueue(self, task: str) -> str:
+        raise NotImplementedError(
+            "LingoLoop jobs are rows in the job table; create them with "
+            "tasks_admin.services.job_enqueue(), not django_q.tasks.async_task()."
+        )
+
+    def dequeue(self) -> list[tuple[str, str]] | None:
+        close_old_connections()
+        if time.monotonic() - self._last_reap >= REAP_EVERY_SECONDS:
+            self._last_reap = time.monotonic()
+            reap_expired_leases()
+        picked = self.pick(limit=Conf.BULK)
+        if picked:
+            return [(str(job_id), self._package(job_id)) for job_id in picked]
+        time.sleep(Conf.POLL)
+        return None
+
+    def pick(self, *, limit: int) -> list[uuid.UUID]:
+        """Hold up to `limit` due jobs, highest priority first, then oldest.
+
+        On PostgreSQL, SKIP LOCKED lets clusters pick side by side without waiting on each
+        other; the conditional UPDATE is what makes the hold exclusive on every database.
+        """
+        now = timezone.now()
+        hold_until = now + timedelta(seconds=settings.JOB_PICK_HOLD_SECONDS)
+        with transaction.atomic():
+            candidates = list(
+                Job.objects.due(now)
+                .in_claim_order()
+                .select_for_update(skip_locked=True)
+                .values_list("pk", flat=True)[:limit]
+            )
+            return [
+                pk
+                for pk in candidates
+                if Job.objects.due(now)
+                .filter(pk=pk)
+                .update(locked_by=self.holder, locked_until=hold_until)
+            ]
+
+    @staticmethod
+    def _package(job_id: uuid.UUID) -> str:
+        return SignedPackage.dumps(
+            {
+                "id": uuid.uuid4().hex,
+                "name": f"job-{job_id}",
+                "func": TASK_FUNC,
+                "args": (str(job_id),),
+                "kwargs": {},
+                "started": timezone.now(),
+            }
+        )
+
+    def acknowledge(self, task_id: str) -> None:
+        """Nothing to do: the attempt already recorded its outcome on the job row."""
+
+    def fail(self, task_id: str) -> None:
+        """Nothing to do: an undelivered pick simply runs out and is picked again."""
+
+    def delete(self, task_id: str) -> None:
+        pass
+
+    def queue_size(self) -> int:
+        return Job.objects.due().count()
+
+    def lock_size(self) -> int:
+        return Job.objects.filter(status=JobStatus.PROCESSING).count()
+
+    def purge_queue(self) -> None:
+        raise NotImplementedError("cancel runs through the API or the admin instead")
+
+    def delete_queue(self) -> None:
+        self.purge_queue()
+
+    def ping(self) -> bool:
+        return True
+
+    def info(self) -> str:
+        return f"job table on {settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]}"

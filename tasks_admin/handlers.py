@@ -1,0 +1,82 @@
+"""Job handlers by job type.
+
+The queue knows nothing about what a job does. An app registers a handler for its job type in
+`AppConfig.ready()`; the runner calls it around each attempt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from tasks_admin.models import Job
+
+
+class PermanentError(Exception):
+    """An error no retry can fix (not audio, undecodable, too long): fail at once."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class ClaimLost(Exception):
+    """This worker's lease was taken over: stop and write nothing."""
+
+
+class Cancelled(Exception):
+    """The job's cancellation was requested; stop at this safe point."""
+
+
+@dataclass
+class Attempt:
+    """What a handler gets for one attempt: the job and a way to prove it still holds it."""
+
+    job: Job
+    worker_id: str
+    # The handler's own state between run() and succeeded() (its result, say).
+    state: dict[str, Any] = field(default_factory=dict)
+
+    def heartbeat(self) -> None:
+        """Extend the lease; raises ClaimLost when another worker took the job over."""
+        if not self.job.extend_lease(self.worker_id):
+            raise ClaimLost(f"job {self.job.pk} is no longer held by {self.worker_id}")
+
+
+class JobHandler(Protocol):
+    job_type: str
+
+    def started(self, attempt: Attempt) -> None:
+        """The attempt holds the job now (status processing, attempt counted)."""
+
+    def run(self, attempt: Attempt) -> None:
+        """Do the work. Raise PermanentError, Cancelled, or anything else to retry."""
+
+    def succeeded(self, attempt: Attempt) -> None:
+        """The job is `succeeded` (called inside the transaction that marked it)."""
+
+    def retrying(self, job: Job, error: str, retry_at: datetime) -> None:
+        """An attempt failed and the job is queued again for `retry_at`."""
+
+    def failed(self, job: Job, code: str, error: str) -> None:
+        """The job failed for good."""
+
+    def cancelled(self, job: Job) -> None:
+        """The job stopped because it was cancelled."""
+
+
+_handlers: dict[str, JobHandler] = {}
+
+
+def register(handler: JobHandler) -> None:
+    _handlers[handler.job_type] = handler
+
+
+def get_handler(job_type: str) -> JobHandler:
+    try:
+        return _handlers[job_type]
+    except KeyError:
+        raise PermanentError("unknown_job_type", f"no handler for job type {job_type!r}") from None

@@ -1,0 +1,14 @@
+from django.apps import AppConfig
+
+
+class TranscriptionConfig(AppConfig):
+    name = "transcription"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # The queue runs jobs by type; this app brings the transcription handlers.
+        from tasks_admin.handlers import register
+        from transcription.jobs import JOB_TYPE_ASYNC, JOB_TYPE_SYNC, TranscribeHandler
+
+        register(TranscribeHandler(JOB_TYPE_ASYNC))
+        register(TranscribeHandler(JOB_TYPE_SYNC))

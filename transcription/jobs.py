@@ -1,0 +1,177 @@
+"""The transcription job handler: what a worker (or a web process, for sync runs) does."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from tasks_admin.handlers import Attempt, Cancelled, ClaimLost, PermanentError
+from tasks_admin.models import Job
+from transcription import engine
+from transcription.events import iso_utc, publish
+from transcription.models import RunStatus, TranscriptRun
+
+JOB_TYPE_ASYNC = "transcribe_long"
+JOB_TYPE_SYNC = "transcribe_sync"
+
+# At most this often a run's progress is written and an `update` sent; the last one before
+# `done` always goes out.
+UPDATE_INTERVAL_SECONDS = 0.5
+
+ACTIVE = (RunStatus.QUEUED, RunStatus.PROCESSING)
+
+
+class ProgressWriter:
+    """Collects segments as the engine yields them; writes and announces them, throttled."""
+
+    def __init__(self, run: TranscriptRun, attempt: Attempt) -> None:
+        self.run = run
+        self.attempt = attempt
+        self.segments: list[dict[str, Any]] = []
+        self.unsent: list[dict[str, Any]] = []
+        self.progress = 0.0
+        self.last_flush = time.monotonic()
+
+    def segment(self, item: dict[str, Any], progress: float) -> None:
+        # Every segment proves the claim (heartbeat) and honours a cancel: the engine loop's
+        # safe point.
+        self.attempt.heartbeat()
+        if TranscriptRun.objects.filter(pk=self.run.pk, cancel_requested_at__isnull=False).exists():
+            raise Cancelled()
+        self.segments.append(item)
+        self.unsent.append(item)
+        self.progress = max(self.progress, progress)  # never backwards within an attempt
+        if time.monotonic() - self.last_flush >= UPDATE_INTERVAL_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        with transaction.atomic():
+            updated = TranscriptRun.objects.filter(
+                pk=self.run.pk, status=RunStatus.PROCESSING
+            ).update(progress=self.progress, segments=self.segments)
+            if not updated:
+                raise ClaimLost(f"run {self.run.pk} is no longer processing")
+            self.run.progress = self.progress
+            self.run.segments = self.segments
+            publish(self.run, "update", newSegments=self.unsent)
+        self.unsent = []
+        self.last_flush = time.monotonic()
+
+
+class TranscribeHandler:
+    def __init__(self, job_type: str) -> None:
+        self.job_type = job_type
+
+    @staticmethod
+    def _run(job: Job) -> TranscriptRun:
+        return TranscriptRun.objects.select_related("audio").get(pk=job.run_id)
+
+    def started(self, attempt: Attempt) -> None:
+        run = self._run(attempt.job)
+        if run.cancel_requested_at is not None:
+            raise Cancelled()
+        with transaction.atomic():
+            # A new attempt starts the transcript afresh.
+            if not TranscriptRun.objects.filter(pk=run.pk, status__in=ACTIVE).update(
+                status=RunStatus.PROCESSING,
+                started_at=timezone.now(),
+                progress=0.0,
+                segments=[],
+                text="",
+                error_code="",
+                error_message="",
+            ):
+                raise Cancelled()
+            run.refresh_from_db()
+            publish(run, "update", newSegments=[])
+
+    def run(self, attempt: Attempt) -> None:
+        run = self._run(attempt.job)
+        if run.audio.purged_at is not None or not run.audio.path.exists():
+            raise PermanentError("audio_missing", "The audio file is no longer stored.")
+        writer = ProgressWriter(run, attempt)
+        options = engine.Options(
+            model=run.model,
+            language=run.language or None,
+            task=run.task,
+            word_timestamps=run.word_timestamps,
+            vad_filter=run.vad_filter,
+            beam_size=run.beam_size,
+            initial_prompt=run.initial_prompt or None,
+        )
+        try:
+            result = engine.transcribe(run.audio.path, options, on_segment=writer.segment)
+        except engine.EngineError as exc:
+            if exc.permanent:
+                raise PermanentError(exc.code, exc.message) from exc
+            raise
+        attempt.state["result"] = result
+        attempt.state["writer"] = writer
+
+    def succeeded(self, attempt: Attempt) -> None:
+        result: engine.Result = attempt.state["result"]
+        writer: ProgressWriter = attempt.state["writer"]
+        run = self._run(attempt.job)
+        TranscriptRun.objects.filter(pk=run.pk).update(
+            status=RunStatus.SUCCEEDED,
+            progress=100.0,
+            text=result.text,
+            segments=result.segments,
+            detected_language=result.language,
+            language_probability=result.language_probability,
+            finished_at=timezone.now(),
+        )
+        run.refresh_from_db()
+        publish(run, "update", newSegments=writer.unsent)
+        publish(run, "done", text=run.text)
+
+    def _end(
+        self, job: Job, status: str, *, code: str = "", message: str = ""
+    ) -> TranscriptRun | None:
+        run = TranscriptRun.objects.select_related("audio").get(pk=job.run_id)
+        if not TranscriptRun.objects.filter(pk=run.pk, status__in=ACTIVE).update(
+            status=status, error_code=code, error_message=message, finished_at=timezone.now()
+        ):
+            return None
+        run.refresh_from_db()
+        return run
+
+    def retrying(self, job: Job, error: str, retry_at: datetime) -> None:
+        run = TranscriptRun.objects.select_related("audio").get(pk=job.run_id)
+        if not TranscriptRun.objects.filter(pk=run.pk, status__in=ACTIVE).update(
+            status=RunStatus.QUEUED, progress=0.0
+        ):
+            return
+        run.refresh_from_db()
+        publish(
+            run,
+            "error",
+            attempt=job.attempts,
+            willRetry=True,
+            retryAt=iso_utc(retry_at),
+            error={"code": "attempt_failed", "message": error},
+        )
+        publish(run, "update")
+
+    def failed(self, job: Job, code: str, error: str) -> None:
+        run = self._end(job, RunStatus.FAILED, code=code, message=error)
+        if run is None:
+            return
+        publish(
+            run,
+            "error",
+            attempt=job.attempts,
+            willRetry=False,
+            retryAt=None,
+            error={"code": code, "message": error},
+        )
+        publish(run, "done")
+
+    def cancelled(self, job: Job) -> None:
+        run = self._end(job, RunStatus.CANCELLED)
+        if run is not None:
+            publish(run, "done")

@@ -1,0 +1,99 @@
+"""Input validation for the API. Output is built in transcription.events (the progress object)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from faster_whisper.tokenizer import _LANGUAGE_CODES
+from rest_framework import serializers
+
+from transcription.services import RunOptions
+
+USER_PRIORITY_RANGE = (-10, 10)
+STAFF_PRIORITY_RANGE = (-100, 100)
+
+
+class SubmitSerializer(serializers.Serializer):
+    file = serializers.FileField(allow_empty_file=True, use_url=False)
+    language = serializers.CharField(required=False, allow_blank=True, max_length=16, default="")
+    model = serializers.CharField(required=False, max_length=200)
+    task = serializers.ChoiceField(choices=["transcribe", "translate"], default="transcribe")
+    wordTimestamps = serializers.BooleanField(required=False, default=False)
+    vadFilter = serializers.BooleanField(required=False, default=False)
+    beamSize = serializers.IntegerField(required=False, default=5, min_value=1, max_value=10)
+    initialPrompt = serializers.CharField(
+        required=False, allow_blank=True, max_length=1000, default=""
+    )
+    priority = serializers.IntegerField(required=False, default=0)
+    mode = serializers.ChoiceField(choices=["auto", "sync", "async"], default="auto")
+    callbackUrl = serializers.URLField(
+        required=False, allow_blank=True, max_length=2000, default=""
+    )
+
+    def validate_model(self, value: str) -> str:
+        if value not in settings.WHISPER_MODELS_ALLOWED:
+            raise serializers.ValidationError(
+                f"Model {value!r} is not offered here; choose one of "
+                f"{', '.join(settings.WHISPER_MODELS_ALLOWED)}.",
+                code="unknown_model",
+            )
+        return value
+
+    def validate_language(self, value: str) -> str:
+        value = value.strip().lower()
+        if value and value not in _LANGUAGE_CODES:
+            raise serializers.ValidationError(
+                f"{value!r} is not a language code Whisper knows (e.g. en, de, fr).",
+                code="unknown_language",
+            )
+        return value
+
+    def validate_priority(self, value: int) -> int:
+        user = self.context["request"].user
+        low, high = STAFF_PRIORITY_RANGE if user.is_staff else USER_PRIORITY_RANGE
+        if not low <= value <= high:
+            raise serializers.ValidationError(
+                f"Priority must be between {low} and {high}.", code="out_of_range"
+            )
+        return value
+
+    def validate_callbackUrl(self, value: str) -> str:
+        if value and not value.lower().startswith(("http://", "https://")):
+            raise serializers.ValidationError("Use an http(s) URL.", code="invalid_url")
+        return value
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        model = attrs.get("model") or settings.WHISPER_MODEL
+        attrs["model"] = model
+        if model.endswith(".en"):
+            if attrs["language"] not in ("", "en"):
+                raise serializers.ValidationError(
+                    {"language": f"Model {model} only knows English."}, code="unknown_language"
+                )
+            if attrs["task"] == "translate":
+                raise serializers.ValidationError(
+                    {"task": f"Model {model} is English-only and cannot translate."},
+                    code="unsupported_task",
+                )
+        return attrs
+
+    def options(self) -> RunOptions:
+        data = self.validated_data
+        return RunOptions(
+            model=data["model"],
+            language=data["language"],
+            task=data["task"],
+            word_timestamps=data["wordTimestamps"],
+            vad_filter=data["vadFilter"],
+            beam_size=data["beamSize"],
+            initial_prompt=data["initialPrompt"],
+            priority=data["priority"],
+            callback_url=data["callbackUrl"],
+            mode=data["mode"],
+        )
+
+
+class TokenRequestSerializer(serializers.Serializer):
+    username = serializers.CharField()
+    password = serializers.CharField(trim_whitespace=False, style={"input_type": "password"})
