@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
-from rest_framework.authentication import TokenAuthentication
+from typing import Any
+
+from rest_framework import exceptions
+from rest_framework.authentication import TokenAuthentication, get_authorization_header
 from rest_framework.request import Request
+
+SCHEMES = {b"bearer", b"token"}
 
 
 class BearerTokenAuthentication(TokenAuthentication):
     keyword = "Bearer"
 
-    def authenticate(self, request: Request):  # type: ignore[no-untyped-def]
-        header = request.META.get("HTTP_AUTHORIZATION", "")
-        scheme = header.split(" ", 1)[0].lower()
-        if scheme == "token":
-            # Same credential under DRF's historical keyword.
-            request.META["HTTP_AUTHORIZATION"] = "Bearer" + header[len("token") :]
-        elif scheme != "bearer":
+    def authenticate(self, request: Request) -> tuple[Any, Any] | None:
+        parts = get_authorization_header(request).split()
+        if not parts or parts[0].lower() not in SCHEMES:
             return None
-        return super().authenticate(request)
+        if len(parts) != 2:
+            raise exceptions.AuthenticationFailed("Invalid token header.")
+        try:
+            key = parts[1].decode()
+        except UnicodeError:
+            raise exceptions.AuthenticationFailed("Invalid token header.") from None
+        return self.authenticate_credentials(key)

@@ -31,7 +31,7 @@ DEBUG = env_bool("DEBUG", False)
 DATA_DIR = Path(env_str("DATA_DIR", str(BASE_DIR / "data"))).resolve()
 UPLOAD_DIR = DATA_DIR / "uploads"
 UPLOAD_TEMP_DIR = DATA_DIR / "tmp"
-for _folder in (DATA_DIR, UPLOAD_DIR, UPLOAD_TEMP_DIR):
+for _folder in (DATA_DIR, UPLOAD_DIR, UPLOAD_TEMP_DIR, DATA_DIR / "staticfiles"):
     _folder.mkdir(parents=True, exist_ok=True)
 
 
@@ -191,6 +191,8 @@ REST_FRAMEWORK = {
         "rest_framework.parsers.MultiPartParser",
         "rest_framework.parsers.FormParser",
     ],
+    # `?format=` picks a transcript format (txt, srt…), not a DRF renderer.
+    "URL_FORMAT_OVERRIDE": None,
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "lingoloop.errors.api_exception_handler",

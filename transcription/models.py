@@ -84,7 +84,8 @@ class TranscriptRun(models.Model):
 
     priority = models.IntegerField(default=0)
     callback_url = models.URLField(max_length=2000, blank=True, default="")
-    idempotency_key = models.CharField(max_length=200, null=True, blank=True)
+    # NULL, not "": the unique constraint must ignore runs submitted without a key.
+    idempotency_key = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001
 
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)

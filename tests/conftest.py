@@ -1,0 +1,218 @@
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+import pytest
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import connection
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+ROOT = Path(__file__).resolve().parent.parent
+AUDIO_DIR = ROOT.parent / "shared" / "audio"
+JFK = AUDIO_DIR / "jfk.flac"
+JFK_REFERENCE = (
+    "And so my fellow Americans, ask not what your country can do for you, "
+    "ask what you can do for your country."
+)
+
+
+def words(text: str) -> list[str]:
+    """Lower-case words without punctuation: how transcripts are compared."""
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> object:
+    """Poll `predicate` until it returns something truthy, or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def redis_reachable() -> bool:
+    url = os.environ.get("REDIS_URL")
+    if not url:
+        return False
+    try:
+        import redis
+
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+    except Exception:
+        return False
+
+
+@pytest.fixture(autouse=True)
+def _isolated_upload_dirs(settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Each test stores uploads under its own temporary DATA_DIR."""
+    settings.DATA_DIR = tmp_path
+    settings.UPLOAD_DIR = tmp_path / "uploads"
+    settings.UPLOAD_TEMP_DIR = tmp_path / "tmp"
+    settings.FILE_UPLOAD_TEMP_DIR = str(tmp_path / "tmp")
+    settings.UPLOAD_DIR.mkdir()
+    settings.UPLOAD_TEMP_DIR.mkdir()
+
+
+@pytest.fixture
+def jfk() -> Path:
+    if not JFK.exists():
+        pytest.fail(f"test audio missing: {JFK} (shared/ must sit beside the checkout)")
+    return JFK
+
+
+@dataclass
+class Account:
+    user: object
+    token: str
+    client: APIClient
+
+
+def make_account(username: str, *, staff: bool = False) -> Account:
+    user = get_user_model().objects.create_user(
+        username=username, password=f"{username}-password-1", is_staff=staff
+    )
+    token = Token.objects.create(user=user).key
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+    return Account(user=user, token=token, client=client)
+
+
+@pytest.fixture
+def alice(db) -> Account:  # type: ignore[no-untyped-def]
+    return make_account("alice")
+
+
+@pytest.fixture
+def bob(db) -> Account:  # type: ignore[no-untyped-def]
+    return make_account("bob")
+
+
+def stored_files() -> list[Path]:
+    return sorted(p for p in Path(settings.UPLOAD_DIR).iterdir())
+
+
+# --- Real processes -----------------------------------------------------------------------
+
+
+def _database_url() -> str:
+    """The URL of the test database, for processes the tests start."""
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    user = quote(db.get("USER") or "")
+    password = f":{quote(db['PASSWORD'])}" if db.get("PASSWORD") else ""
+    host = db.get("HOST") or "127.0.0.1"
+    port = f":{db['PORT']}" if db.get("PORT") else ""
+    return f"postgres://{user}{password}@{host}{port}/{db['NAME']}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Processes:
+    """Starts web and worker processes against the test database; stops them all after."""
+
+    def __init__(self, data_dir: Path, logs: Path) -> None:
+        self.data_dir = data_dir
+        self.logs = logs
+        self.started: list[tuple[subprocess.Popen[bytes], Path]] = []
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {
+            **os.environ,
+            "DATABASE_URL": _database_url(),
+            "DATA_DIR": str(self.data_dir),
+            "SECRET_KEY": settings.SECRET_KEY,
+            "POLL_INTERVAL": "100",
+            "LOG_LEVEL": "INFO",
+            "PYTHONUNBUFFERED": "1",
+        }
+        env.update(extra)
+        return env
+
+    def _start(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        log = self.logs / f"{name}-{len(self.started)}.log"
+        process = subprocess.Popen(
+            args,
+            cwd=ROOT,
+            env=env,
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.started.append((process, log))
+        return process
+
+    def worker(self, **extra_env: str) -> subprocess.Popen[bytes]:
+        process = self._start(
+            "worker", [sys.executable, "manage.py", "worker"], self.env(**extra_env)
+        )
+        log = self.started[-1][1]
+        wait_until(
+            lambda: "running." in log.read_text(errors="replace") or process.poll() is not None,
+            60,
+            "the worker cluster to start",
+        )
+        assert process.poll() is None, log.read_text(errors="replace")
+        return process
+
+    def web(self, **extra_env: str) -> str:
+        port = free_port()
+        process = self._start(
+            "web",
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
+             "lingoloop.asgi:application"],
+            self.env(**extra_env),
+        )
+        base = f"http://127.0.0.1:{port}"
+
+        def healthy() -> bool:
+            assert process.poll() is None, self.started[-1][1].read_text(errors="replace")
+            try:
+                return httpx.get(f"{base}/api/health", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(healthy, 60, "the web server to answer")
+        return base
+
+    def stop_all(self) -> None:
+        for process, _log in self.started:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process, _log in self.started:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+@pytest.fixture
+def processes(transactional_db, settings, tmp_path: Path, request) -> Iterator[Processes]:  # type: ignore[no-untyped-def]
+    logs = ROOT / "test-artifacts" / "logs" / request.node.name
+    shutil.rmtree(logs, ignore_errors=True)
+    logs.mkdir(parents=True)
+    procs = Processes(Path(settings.DATA_DIR), logs)
+    yield procs
+    procs.stop_all()
