@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -180,8 +181,16 @@ class Processes:
         port = free_port()
         process = self._start(
             "web",
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-             "lingoloop.asgi:application"],
+            [
+                sys.executable,
+                "-m",
+                "daphne",
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "lingoloop.asgi:application",
+            ],
             self.env(**extra_env),
         )
         base = f"http://127.0.0.1:{port}"
@@ -196,16 +205,19 @@ class Processes:
         wait_until(healthy, 60, "the web server to answer")
         return base
 
+    def stop(self, process: subprocess.Popen[bytes], timeout: float = 30) -> int:
+        """SIGTERM to the process (as `kill` would), then SIGKILL to what is left of it."""
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=timeout)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        return process.wait()
+
     def stop_all(self) -> None:
         for process, _log in self.started:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        for process, _log in self.started:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            self.stop(process)
 
 
 @pytest.fixture

@@ -37,16 +37,18 @@ class EventStream:
 
     def _read(self) -> None:
         try:
-            with httpx.Client(timeout=httpx.Timeout(10, read=None)) as client:
-                with client.stream("GET", self.url, headers=self.headers) as response:
-                    self._response = response
-                    self.status = response.status_code
-                    self.response_headers = response.headers
-                    self.connected.set()
-                    if response.status_code != 200:
-                        self.body = response.read()
-                        return
-                    self._parse(response)
+            with (
+                httpx.Client(timeout=httpx.Timeout(10, read=None)) as client,
+                client.stream("GET", self.url, headers=self.headers) as response,
+            ):
+                self._response = response
+                self.status = response.status_code
+                self.response_headers = response.headers
+                self.connected.set()
+                if response.status_code != 200:
+                    self.body = response.read()
+                    return
+                self._parse(response)
         except (httpx.HTTPError, RuntimeError, ValueError):
             if not self._closing:
                 raise

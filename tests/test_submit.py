@@ -56,9 +56,7 @@ def test_sync_run_records_its_events(alice, jfk):
     response = alice.client.post("/api/transcribe", {"file": upload(jfk)}, format="multipart")
 
     run_id = response.json()["runId"]
-    stored = list(
-        Event.objects.filter(channel=f"run-{run_id}").exclude(eid=0).order_by("eid")
-    )
+    stored = list(Event.objects.filter(channel=f"run-{run_id}").exclude(eid=0).order_by("eid"))
     assert [e.type for e in stored][-1] == "done"
     assert "update" in [e.type for e in stored]
 

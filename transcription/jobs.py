@@ -68,7 +68,7 @@ class TranscribeHandler:
 
     @staticmethod
     def _run(job: Job) -> TranscriptRun:
-        return TranscriptRun.objects.select_related("audio").get(pk=job.run_id)
+        return TranscriptRun.objects.select_related("audio").get(jobs=job)
 
     def started(self, attempt: Attempt) -> None:
         run = self._run(attempt.job)
@@ -132,7 +132,7 @@ class TranscribeHandler:
     def _end(
         self, job: Job, status: str, *, code: str = "", message: str = ""
     ) -> TranscriptRun | None:
-        run = TranscriptRun.objects.select_related("audio").get(pk=job.run_id)
+        run = self._run(job)
         if not TranscriptRun.objects.filter(pk=run.pk, status__in=ACTIVE).update(
             status=status, error_code=code, error_message=message, finished_at=timezone.now()
         ):
@@ -141,7 +141,7 @@ class TranscribeHandler:
         return run
 
     def retrying(self, job: Job, error: str, retry_at: datetime) -> None:
-        run = TranscriptRun.objects.select_related("audio").get(pk=job.run_id)
+        run = self._run(job)
         if not TranscriptRun.objects.filter(pk=run.pk, status__in=ACTIVE).update(
             status=RunStatus.QUEUED, progress=0.0
         ):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import av
 from django.conf import settings
@@ -93,7 +94,7 @@ def probe_audio(path: Path) -> Probe:
     return Probe(content_type=content_type, duration_ms=duration_ms, codec=codec)
 
 
-def _duration_seconds(container: av.container.InputContainer, stream: av.AudioStream) -> float:
+def _duration_seconds(container: av.container.InputContainer, stream: Any) -> float:
     if stream.duration is not None and stream.time_base is not None:
         return float(stream.duration * stream.time_base)
     if container.duration is not None:
@@ -110,7 +111,7 @@ def _duration_seconds(container: av.container.InputContainer, stream: av.AudioSt
     return samples / rate
 
 
-def _decode_first_frame(container: av.container.InputContainer, stream: av.AudioStream) -> None:
+def _decode_first_frame(container: av.container.InputContainer, stream: Any) -> None:
     with contextlib.suppress(av.error.FFmpegError):
         container.seek(0)
     try:

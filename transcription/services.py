@@ -16,7 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.files.uploadedfile import UploadedFile
 from django.db import IntegrityError, connections, transaction
 from django.utils import timezone
@@ -62,8 +62,9 @@ def sanitize_filename(name: str) -> str:
     if len(name.encode("utf-8")) > 200:
         stem, dot, ext = name.rpartition(".")
         ext = ext if dot and len(ext) <= 10 else ""
-        stem = (stem if dot else name).encode("utf-8")[: 200 - len(ext) - 1]
-        name = stem.decode("utf-8", "ignore") + ("." + ext if ext else "")
+        room = 200 - len(ext) - 1
+        stem = (stem if dot else name).encode("utf-8")[:room].decode("utf-8", "ignore")
+        name = stem + ("." + ext if ext else "")
     return name or "audio"
 
 
@@ -138,7 +139,7 @@ def _run_inline(job_id: uuid.UUID) -> None:
 
 def run_submit(
     *,
-    owner: AbstractBaseUser,
+    owner: User,
     upload: UploadedFile,
     options: RunOptions,
     idempotency_key: str | None = None,
@@ -203,7 +204,7 @@ def run_submit(
 
 def _create_rows(
     *,
-    owner: AbstractBaseUser,
+    owner: User,
     upload_name: str,
     stored_name: str,
     probe: Probe,

@@ -10,6 +10,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
@@ -173,7 +174,7 @@ def _start_id(request: HttpRequest, opening: Opening) -> int:
     return requested
 
 
-async def run_events(request: HttpRequest, run_id: uuid.UUID) -> HttpResponse:
+async def run_events(request: HttpRequest, run_id: uuid.UUID) -> HttpResponseBase:
     try:
         opening = await db_call(_open_run, request, run_id)
     except ApiError as error:
@@ -181,7 +182,7 @@ async def run_events(request: HttpRequest, run_id: uuid.UUID) -> HttpResponse:
     return _sse_response(_run_stream(opening, _start_id(request, opening)))
 
 
-async def user_events(request: HttpRequest) -> HttpResponse:
+async def user_events(request: HttpRequest) -> HttpResponseBase:
     try:
         opening = await db_call(_open_user, request)
     except ApiError as error:

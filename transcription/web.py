@@ -14,7 +14,7 @@ from transcription.models import TranscriptRun
 
 @login_required
 def upload_page(request: HttpRequest) -> HttpResponse:
-    runs = TranscriptRun.objects.select_related("audio").filter(owner=request.user)
+    runs = TranscriptRun.objects.select_related("audio").filter(owner_id=request.user.pk)
     return render(
         request,
         "transcription/upload.html",
@@ -30,7 +30,7 @@ def upload_page(request: HttpRequest) -> HttpResponse:
 def run_page(request: HttpRequest, run_id: uuid.UUID) -> HttpResponse:
     runs = TranscriptRun.objects.select_related("audio")
     if not request.user.is_staff:
-        runs = runs.filter(owner=request.user)
+        runs = runs.filter(owner_id=request.user.pk)
     run = runs.filter(pk=run_id).first()
     if run is None:
         raise Http404("No such run.")
