@@ -80,7 +80,7 @@ def sse_until_done(url: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10)
-    parser.add_argument("--audio", type=Path, default=ROOT.parent / "shared" / "audio" / "jfk.flac")
+    parser.add_argument("--audio", type=Path, default=ROOT / "tests" / "data" / "jfk.flac")
     args = parser.parse_args()
 
     data_dir = Path(tempfile.mkdtemp(prefix="lingoloop-bench-"))
