@@ -248,6 +248,13 @@ JOB_LEASE_SECONDS = env_int("JOB_LEASE_SECONDS", 60, minimum=3)
 # How long a cluster may hold a picked job in memory before another cluster may take it.
 JOB_PICK_HOLD_SECONDS = env_int("JOB_PICK_HOLD_SECONDS", 15, minimum=1)
 
+# SIGTERM/SIGINT: running jobs may finish for this long, then go back to the queue.
+WORKER_SHUTDOWN_GRACE_SECONDS = env_int("WORKER_SHUTDOWN_GRACE_SECONDS", 60, minimum=0)
+# A worker whose master has not been seen for this long is shown as stale.
+WORKER_STALE_SECONDS = env_int("WORKER_STALE_SECONDS", 30, minimum=5)
+# Extra modules that register job handlers (tasks_admin.handlers.register) in every process.
+JOB_HANDLER_MODULES = env_list("JOB_HANDLER_MODULES", [])
+
 Q_CLUSTER = {
     "name": "lingoloop",
     "workers": MAX_CONCURRENT_JOBS,

@@ -23,8 +23,8 @@ from django_q.brokers import Broker
 from django_q.conf import Conf
 from django_q.signing import SignedPackage
 
-from tasks_admin.models import Job, JobStatus
-from tasks_admin.runner import reap_expired_leases
+from tasks_admin.models import Job, JobStatus, WorkerState
+from tasks_admin.runner import cluster_id, cluster_state, reap_expired_leases
 
 TASK_FUNC = "tasks_admin.runner.run_job"
 REAP_EVERY_SECONDS = 5.0
@@ -36,7 +36,7 @@ class JobBroker(Broker):
 
     @property
     def holder(self) -> str:
-        return f"pick:{socket.gethostname()}:{os.getpid()}"
+        return f"pick:{cluster_id() or socket.gethostname()}:{os.getpid()}"
 
     def enqueue(self, task: str) -> str:
         raise NotImplementedError(
@@ -49,9 +49,11 @@ class JobBroker(Broker):
         if time.monotonic() - self._last_reap >= REAP_EVERY_SECONDS:
             self._last_reap = time.monotonic()
             reap_expired_leases()
-        picked = self.pick(limit=Conf.BULK)
-        if picked:
-            return [(str(job_id), self._package(job_id)) for job_id in picked]
+        state = cluster_state()
+        if state is None or state[0] == WorkerState.RUNNING:
+            picked = self.pick(limit=Conf.BULK)
+            if picked:
+                return [(str(job_id), self._package(job_id)) for job_id in picked]
         time.sleep(Conf.POLL)
         return None
 

@@ -6,6 +6,7 @@ The queue knows nothing about what a job does. An app registers a handler for it
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -31,6 +32,10 @@ class Cancelled(Exception):
     """The job's cancellation was requested; stop at this safe point."""
 
 
+class Released(Exception):
+    """The worker is shutting down and its grace period is over: hand the job back."""
+
+
 @dataclass
 class Attempt:
     """What a handler gets for one attempt: the job and a way to prove it still holds it."""
@@ -39,10 +44,16 @@ class Attempt:
     worker_id: str
     # The handler's own state between run() and succeeded() (its result, say).
     state: dict[str, Any] = field(default_factory=dict)
+    # Set by the runner's lease keeper thread.
+    lost: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
 
     def heartbeat(self) -> None:
-        """Extend the lease; raises ClaimLost when another worker took the job over."""
-        if not self.job.extend_lease(self.worker_id):
+        """Call at each safe point: extends the lease, and raises ClaimLost when another
+        worker took the job over, or Released when this worker must hand it back."""
+        if self.release.is_set():
+            raise Released(f"job {self.job.pk} handed back: worker shutting down")
+        if self.lost.is_set() or not self.job.extend_lease(self.worker_id):
             raise ClaimLost(f"job {self.job.pk} is no longer held by {self.worker_id}")
 
 
@@ -66,6 +77,9 @@ class JobHandler(Protocol):
 
     def cancelled(self, job: Job) -> None:
         """The job stopped because it was cancelled."""
+
+    def released(self, job: Job) -> None:
+        """The job went back to the queue unfinished (its worker shut down)."""
 
 
 _handlers: dict[str, JobHandler] = {}

@@ -8,7 +8,7 @@ racing a finish can never both win.
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import models
@@ -28,17 +28,19 @@ TERMINAL_JOB_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCEL
 
 
 class JobQuerySet(models.QuerySet["Job"]):
-    def due(self, now=None) -> JobQuerySet:  # type: ignore[no-untyped-def]
-        """Queued jobs that may start now and that no cluster holds in memory."""
+    def waiting(self, now: datetime | None = None) -> JobQuerySet:
+        """Queued jobs that may start now: what users see as the queue."""
+        return self.filter(status=JobStatus.QUEUED, run_after__lte=now or timezone.now())
+
+    def due(self, now: datetime | None = None) -> JobQuerySet:
+        """Waiting jobs that no cluster holds in memory: what a broker may pick."""
         now = now or timezone.now()
-        return self.filter(status=JobStatus.QUEUED, run_after__lte=now).filter(
-            Q(locked_until__isnull=True) | Q(locked_until__lt=now)
-        )
+        return self.waiting(now).filter(Q(locked_until__isnull=True) | Q(locked_until__lt=now))
 
     def in_claim_order(self) -> JobQuerySet:
         return self.order_by("-priority", "created_at", "id")
 
-    def lease_expired(self, now=None) -> JobQuerySet:  # type: ignore[no-untyped-def]
+    def lease_expired(self, now: datetime | None = None) -> JobQuerySet:
         return self.filter(status=JobStatus.PROCESSING, locked_until__lt=now or timezone.now())
 
 
@@ -162,3 +164,50 @@ class Job(models.Model):
     @property
     def retries_left(self) -> int:
         return max(0, self.max_attempts - self.attempts)
+
+
+class WorkerState(models.TextChoices):
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPING = "stopping"
+
+
+class Worker(models.Model):
+    """One `manage.py worker` cluster: its master process beats `last_seen` every few seconds.
+
+    `state` is also how operators steer it: a paused cluster finishes what it runs and claims
+    nothing new; a stopping one hands running jobs back once `stop_deadline` has passed.
+    """
+
+    id = models.CharField(primary_key=True, max_length=32)
+    host = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    processes = models.PositiveSmallIntegerField(default=1)
+    state = models.CharField(
+        max_length=16, choices=WorkerState.choices, default=WorkerState.RUNNING
+    )
+    started_at = models.DateTimeField(default=timezone.now)
+    last_seen = models.DateTimeField(default=timezone.now)
+    stop_deadline = models.DateTimeField(null=True, blank=True)
+    jobs_done = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        db_table = "worker"
+
+    def __str__(self) -> str:
+        return f"worker {self.id} on {self.host} ({self.state})"
+
+    @property
+    def holder_prefix(self) -> str:
+        """Every job this cluster's processes hold has `locked_by` starting with this."""
+        return f"{self.id}:"
+
+    @property
+    def is_alive(self) -> bool:
+        stale = timedelta(seconds=settings.WORKER_STALE_SECONDS)
+        return self.last_seen >= timezone.now() - stale
+
+    def current_jobs(self) -> JobQuerySet:
+        return Job.objects.filter(
+            status=JobStatus.PROCESSING, locked_by__startswith=self.holder_prefix
+        )

@@ -6,7 +6,6 @@ import uuid
 from typing import Any
 
 from django.contrib.auth import authenticate
-from django.db import connection
 from django.db.models import QuerySet
 from django.http import HttpResponse
 from drf_spectacular.utils import extend_schema
@@ -154,20 +153,3 @@ class RunTranscriptView(APIView):
         safe_stem = "".join(ch if ch.isalnum() or ch in "-_ " else "_" for ch in stem)[:100]
         response["Content-Disposition"] = f'attachment; filename="{safe_stem}.{fmt}"'
         return response
-
-
-class HealthView(APIView):
-    authentication_classes: list[Any] = []
-    permission_classes = [AllowAny]
-
-    def get(self, request: Request) -> Response:
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT 1")
-            database = "ok"
-        except Exception as exc:
-            return Response(
-                {"status": "error", "database": f"error: {exc}"},
-                status=status.HTTP_503_SERVICE_UNAVAILABLE,
-            )
-        return Response({"status": "ok", "database": database})

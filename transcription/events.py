@@ -17,6 +17,7 @@ from django.db import transaction
 from django.urls import reverse
 from django_eventstream import send_event
 
+from tasks_admin.models import Job
 from transcription.models import RunStatus, TranscriptRun
 from transcription.tokens import events_token_for
 
@@ -40,10 +41,10 @@ def iso_utc(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def progress_object(run: TranscriptRun) -> dict[str, Any]:
+def progress_object(run: TranscriptRun, *, queue_position: int | None = None) -> dict[str, Any]:
     """The progress object of DESIGN.md: the `data` of every run event and `/progress`."""
     audio = run.audio
-    jobs = list(run.jobs.order_by("created_at"))
+    jobs = sorted(run.jobs.all(), key=lambda job: job.created_at)
     attempts = sum(job.attempts for job in jobs)
     max_attempts = jobs[-1].max_attempts if jobs else 0
     error = (
@@ -57,7 +58,7 @@ def progress_object(run: TranscriptRun) -> dict[str, Any]:
         "status": run.status,
         "mode": run.mode,
         "progress": round(run.progress, 1),
-        "queuePosition": run.queue_position(),
+        "queuePosition": run.queue_position() if queue_position is None else queue_position,
         "timeElapsed": run.elapsed_ms(),
         "estimatedTimeRemaining": run.estimated_seconds_remaining(),
         "attempts": attempts,
@@ -122,13 +123,15 @@ def run_representation(run: TranscriptRun) -> dict[str, Any]:
     return data
 
 
-def publish(run: TranscriptRun, event: str, **extra: Any) -> None:
+def publish(
+    run: TranscriptRun, event: str, *, queue_position: int | None = None, **extra: Any
+) -> None:
     """Send `event` for `run` once the current transaction commits.
 
     The payload is built now, from the state this transaction sees, so it describes exactly
     the change being committed.
     """
-    data = progress_object(run)
+    data = progress_object(run, queue_position=queue_position)
     data.update(extra)
     data["event"] = event
     channels = (run_channel(run.id), user_channel(run.owner_id), ALL_RUNS_CHANNEL)
@@ -143,3 +146,25 @@ def publish(run: TranscriptRun, event: str, **extra: Any) -> None:
                 logger.warning("could not publish %s for run %s", event, run.id, exc_info=True)
 
     transaction.on_commit(send)
+
+
+# Each move of the queue re-announces the places of this many runs at its head; runs further
+# back learn theirs as they come within reach (or from GET /progress).
+QUEUE_ANNOUNCE_LIMIT = 100
+
+
+def announce_queue_positions() -> None:
+    """The queue moved (a job started, was cancelled, jumped ahead): send each queued run at
+    the head of the queue an `update` with its new `queuePosition`."""
+    order = list(
+        Job.objects.waiting()
+        .in_claim_order()
+        .values_list("run_id", flat=True)[:QUEUE_ANNOUNCE_LIMIT]
+    )
+    runs = TranscriptRun.objects.select_related("audio").prefetch_related("jobs")
+    queued = runs.filter(pk__in=[r for r in order if r], status=RunStatus.QUEUED)
+    by_id = {run.pk: run for run in queued}
+    for position, run_id in enumerate(order, start=1):
+        run = by_id.get(run_id)
+        if run is not None:
+            publish(run, "update", queue_position=position)

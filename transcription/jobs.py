@@ -7,12 +7,13 @@ from datetime import datetime
 from typing import Any
 
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from tasks_admin.handlers import Attempt, Cancelled, ClaimLost, PermanentError
-from tasks_admin.models import Job
+from tasks_admin.models import Job, JobStatus
 from transcription import engine
-from transcription.events import iso_utc, publish
+from transcription.events import announce_queue_positions, iso_utc, publish
 from transcription.models import RunStatus, TranscriptRun
 
 JOB_TYPE_ASYNC = "transcribe_long"
@@ -50,9 +51,7 @@ class ProgressWriter:
 
     def flush(self) -> None:
         with transaction.atomic():
-            updated = TranscriptRun.objects.filter(
-                pk=self.run.pk, status=RunStatus.PROCESSING
-            ).update(progress=self.progress, segments=self.segments)
+            updated = held_run(self.attempt).update(progress=self.progress, segments=self.segments)
             if not updated:
                 raise ClaimLost(f"run {self.run.pk} is no longer processing")
             self.run.progress = self.progress
@@ -60,6 +59,18 @@ class ProgressWriter:
             publish(self.run, "update", newSegments=self.unsent)
         self.unsent = []
         self.last_flush = time.monotonic()
+
+
+def held_run(attempt: Attempt) -> QuerySet[TranscriptRun]:
+    """The attempt's run, only while this attempt still holds its job: a slow holder whose
+    lease was taken over matches nothing and so writes nothing."""
+    return TranscriptRun.objects.filter(
+        pk=attempt.job.run_id,
+        status=RunStatus.PROCESSING,
+        jobs__pk=attempt.job.pk,
+        jobs__status=JobStatus.PROCESSING,
+        jobs__locked_by=attempt.worker_id,
+    )
 
 
 class TranscribeHandler:
@@ -76,7 +87,12 @@ class TranscribeHandler:
             raise Cancelled()
         with transaction.atomic():
             # A new attempt starts the transcript afresh.
-            if not TranscriptRun.objects.filter(pk=run.pk, status__in=ACTIVE).update(
+            if not TranscriptRun.objects.filter(
+                pk=run.pk,
+                status__in=ACTIVE,
+                jobs__pk=attempt.job.pk,
+                jobs__locked_by=attempt.worker_id,
+            ).update(
                 status=RunStatus.PROCESSING,
                 started_at=timezone.now(),
                 progress=0.0,
@@ -88,6 +104,7 @@ class TranscribeHandler:
                 raise Cancelled()
             run.refresh_from_db()
             publish(run, "update", newSegments=[])
+            announce_queue_positions()
 
     def run(self, attempt: Attempt) -> None:
         run = self._run(attempt.job)
@@ -116,7 +133,8 @@ class TranscribeHandler:
         result: engine.Result = attempt.state["result"]
         writer: ProgressWriter = attempt.state["writer"]
         run = self._run(attempt.job)
-        TranscriptRun.objects.filter(pk=run.pk).update(
+        # Inside the transaction whose compare-and-set on the job just won.
+        TranscriptRun.objects.filter(pk=run.pk, status=RunStatus.PROCESSING).update(
             status=RunStatus.SUCCEEDED,
             progress=100.0,
             text=result.text,
@@ -140,13 +158,25 @@ class TranscribeHandler:
         run.refresh_from_db()
         return run
 
-    def retrying(self, job: Job, error: str, retry_at: datetime) -> None:
+    def _requeued(self, job: Job) -> TranscriptRun | None:
         run = self._run(job)
         if not TranscriptRun.objects.filter(pk=run.pk, status__in=ACTIVE).update(
             status=RunStatus.QUEUED, progress=0.0
         ):
-            return
+            return None
         run.refresh_from_db()
+        return run
+
+    def released(self, job: Job) -> None:
+        run = self._requeued(job)
+        if run is not None:
+            publish(run, "update")
+            announce_queue_positions()
+
+    def retrying(self, job: Job, error: str, retry_at: datetime) -> None:
+        run = self._requeued(job)
+        if run is None:
+            return
         publish(
             run,
             "error",

@@ -7,6 +7,8 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from tasks_admin.models import Job
+
 
 class Audio(models.Model):
     """An uploaded file, stored under a UUID name in UPLOAD_DIR, never served directly."""
@@ -116,20 +118,13 @@ class TranscriptRun(models.Model):
         return self.status in TERMINAL_RUN_STATUSES
 
     def queue_position(self) -> int:
-        """1 + the due queued jobs ahead of this run's job in claim order; 0 when not queued."""
-        from tasks_admin.models import Job, JobStatus
-
+        """1 + the waiting jobs ahead of this run's job in claim order; 0 when not queued."""
         if self.status != RunStatus.QUEUED:
             return 0
-        job = (
-            Job.objects.filter(run=self, status=JobStatus.QUEUED)
-            .only("priority", "created_at", "run_after", "id")
-            .first()
-        )
+        job = Job.objects.waiting().filter(run=self).first()
         if job is None:
-            return 0
-        now = timezone.now()
-        ahead = Job.objects.filter(status=JobStatus.QUEUED, run_after__lte=now).filter(
+            return 0  # waiting for a retry delay: not in line yet
+        ahead = Job.objects.waiting().filter(
             models.Q(priority__gt=job.priority)
             | models.Q(priority=job.priority, created_at__lt=job.created_at)
             | models.Q(priority=job.priority, created_at=job.created_at, id__lt=job.id)

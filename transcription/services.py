@@ -26,7 +26,7 @@ from lingoloop.errors import ApiError
 from tasks_admin.models import Job, JobStatus
 from tasks_admin.runner import current_worker_id, run_job
 from tasks_admin.services import job_enqueue
-from transcription.events import publish
+from transcription.events import announce_queue_positions, publish
 from transcription.jobs import JOB_TYPE_ASYNC, JOB_TYPE_SYNC
 from transcription.models import Audio, RunMode, RunStatus, TranscriptRun
 from transcription.probe import Probe, probe_audio
@@ -246,10 +246,12 @@ def _create_rows(
     if mode == RunMode.SYNC:
         # Held for this web process so no worker cluster picks it before we start it.
         Job.objects.filter(pk=job.pk).update(
-            locked_by=f"web:{current_worker_id()}",
+            locked_by=f"pick:{current_worker_id()}",
             locked_until=timezone.now() + timedelta(seconds=settings.JOB_PICK_HOLD_SECONDS),
         )
     publish(run, "update")
+    if Job.objects.waiting().filter(priority__lt=job.priority).exists():
+        announce_queue_positions()  # it jumped ahead of others
     return run
 
 
@@ -268,6 +270,7 @@ def run_cancel(*, run: TranscriptRun) -> TranscriptRun:
             )
             run.refresh_from_db()
             publish(run, "done")
+            announce_queue_positions()
             return run
         if TranscriptRun.objects.filter(
             pk=run.pk, status=RunStatus.PROCESSING, cancel_requested_at__isnull=True
@@ -316,6 +319,7 @@ def run_retry(*, run: TranscriptRun) -> TranscriptRun:
         job_enqueue(job_type=JOB_TYPE_ASYNC, run_id=run.pk, priority=run.priority)
         run.refresh_from_db()
         publish(run, "update")
+        announce_queue_positions()
     return run
 
 

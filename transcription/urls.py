@@ -1,5 +1,6 @@
 from django.urls import path
 
+from tasks_admin import api as queue_api
 from transcription import api, streams, web
 
 api_urls = [
@@ -13,7 +14,9 @@ api_urls = [
     path("runs/<uuid:run_id>/retry", api.RunRetryView.as_view(), name="run-retry"),
     path("runs/<uuid:run_id>/transcript", api.RunTranscriptView.as_view(), name="run-transcript"),
     path("runs/<uuid:run_id>/events", streams.run_events, name="run-events"),
-    path("health", api.HealthView.as_view(), name="health"),
+    path("stats", queue_api.StatsView.as_view(), name="stats"),
+    path("admin/worker", queue_api.WorkerControlView.as_view(), name="worker-control"),
+    path("health", queue_api.HealthView.as_view(), name="health"),
 ]
 
 web_urls = [
