@@ -116,7 +116,7 @@ def main() -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     web = subprocess.Popen(
-        [python, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "lingoloop.asgi:application"],
+        [python, "-m", "lingoloop.server", "-b", "127.0.0.1", "-p", str(port)],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,

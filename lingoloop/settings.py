@@ -154,9 +154,11 @@ def _redis_kwargs(url: str) -> dict[str, object]:
 
 
 if REDIS_URL:
-    # django-eventstream publishes every event on Redis pub/sub, so an event sent by a worker
-    # reaches the streams held by every web process at once.
-    EVENTSTREAM_REDIS = _redis_kwargs(REDIS_URL)
+    # Every event is published on Redis pub/sub, so an event sent by a worker reaches the
+    # streams held by every web process at once (transcription/sse.py). Not
+    # EVENTSTREAM_REDIS: django-eventstream's own Redis path retries a dead Redis for seconds
+    # per event and never reconnects its listener.
+    EVENTS_REDIS = _redis_kwargs(REDIS_URL)
     CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
@@ -165,6 +167,9 @@ if REDIS_URL:
     }
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+# django-q2 keeps cluster statistics in a cache; ours live in the worker table, so keep
+# django-q2's in process memory and the queue independent of Redis.
+CACHES["queue_stats"] = {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
 
 EVENTSTREAM_STORAGE_CLASS = "django_eventstream.storage.DjangoModelStorage"
 
@@ -272,15 +277,18 @@ Q_CLUSTER = {
     "ack_failures": True,
     "catch_up": False,
     "label": "Task results (django-q2)",
+    "cache": "queue_stats",
 }
 
 # --- Events -------------------------------------------------------------------------------
 
 SSE_HEARTBEAT_INTERVAL_MS = env_int("SSE_HEARTBEAT_INTERVAL_MS", 15_000, minimum=100)
 EVENTS_TOKEN_TTL = env_int("EVENTS_TOKEN_TTL", 3600, minimum=10)
-# How often a web process looks in the database for events stored by other processes.
-# Without Redis this is the delivery path for worker events; with Redis a safety net.
-EVENTS_DB_POLL_MS = env_int("EVENTS_DB_POLL_MS", 5000 if REDIS_URL else 250, minimum=50)
+# How often a web process looks in the database for events stored by other processes: the
+# delivery path without Redis (or while Redis is unreachable)...
+EVENTS_DB_POLL_MS = env_int("EVENTS_DB_POLL_MS", 250, minimum=50)
+# ...and the safety net for anything pub/sub lost while Redis is connected.
+REDIS_SAFETY_POLL_MS = env_int("REDIS_SAFETY_POLL_MS", 5000, minimum=100)
 
 # --- Static, i18n, logging ----------------------------------------------------------------
 
@@ -302,13 +310,18 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"redact": {"()": "lingoloop.logs.RedactSecretsFilter"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            "filters": ["redact"],
+        }
+    },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django_eventstream": {"level": "WARNING"},
         "faster_whisper": {"level": "WARNING"},
-        # Access logs name the URL; keep them at WARNING so query strings stay out of logs.
-        "django.channels.server": {"level": "WARNING"},
     },
 }
 logging.captureWarnings(True)

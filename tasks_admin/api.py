@@ -56,7 +56,8 @@ class WorkerControlView(APIView):
 
     def _targets(self, request: Request) -> Any:
         workers = Worker.objects.order_by("started_at")
-        wanted = request.query_params.get("workerId") or request.data.get("workerId")
+        body = request.data if isinstance(request.data, dict) else {}
+        wanted = request.query_params.get("workerId") or body.get("workerId")
         if wanted:
             workers = workers.filter(pk=wanted)
             if not workers.exists():

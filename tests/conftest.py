@@ -179,16 +179,7 @@ class Processes:
         port = free_port()
         process = self._start(
             "web",
-            [
-                sys.executable,
-                "-m",
-                "daphne",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "lingoloop.asgi:application",
-            ],
+            [sys.executable, "-m", "lingoloop.server", "-b", "127.0.0.1", "-p", str(port)],
             self.env(**extra_env),
         )
         base = f"http://127.0.0.1:{port}"
@@ -226,3 +217,23 @@ def processes(transactional_db, settings, tmp_path: Path, request) -> Iterator[P
     procs = Processes(Path(settings.DATA_DIR), logs)
     yield procs
     procs.stop_all()
+
+
+def long_speech(path: Path, repeats: int) -> Path:
+    """A WAV of jfk.flac said `repeats` times with a second of silence between: long audio
+    built in the test rather than committed."""
+    import wave
+
+    import numpy as np
+    from faster_whisper import decode_audio
+
+    speech = decode_audio(str(JFK), sampling_rate=16000)
+    gap = np.zeros(16000, dtype=speech.dtype)
+    audio = np.concatenate([np.concatenate([speech, gap]) for _ in range(repeats)])
+    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(16000)
+        out.writeframes(pcm.tobytes())
+    return path

@@ -41,7 +41,8 @@ def test_async_run_streams_live_progress_from_a_real_worker(processes, jfk, deli
         # The embedded default: events cross processes through the database alone.
         monkeypatch.delenv("REDIS_URL", raising=False)
     # With Redis, the database poller is pushed far out so only pub/sub can deliver in time.
-    env = {"REDIS_URL": os.environ["REDIS_URL"], "EVENTS_DB_POLL_MS": "600000"} if delivery else {}
+    only_redis = {"EVENTS_DB_POLL_MS": "600000", "REDIS_SAFETY_POLL_MS": "600000"}
+    env = {"REDIS_URL": os.environ["REDIS_URL"], **only_redis} if delivery else {}
     account = make_account("alice")
     base = processes.web(**env)
 
@@ -56,6 +57,7 @@ def test_async_run_streams_live_progress_from_a_real_worker(processes, jfk, deli
     try:
         assert stream.status == 200
         assert stream.response_headers["content-type"].startswith("text/event-stream")
+        assert stream.response_headers["x-accel-buffering"] == "no"
         assert stream.response_headers["cache-control"] == "no-cache"
         stream.wait_for("init", timeout=10)
 

@@ -4,7 +4,7 @@ Every event goes to three django-eventstream channels: the run's own, its owner'
 staff-wide one. Events are sent after the transaction commits (DESIGN.md, item 5), so a stored
 event never describes a state the database does not have yet, and a failure to publish (Redis
 down) is logged, never raised into the job: the event row is stored before publishing, and
-web processes also pick stored events up from the database.
+web processes also pick stored events up from the database (see transcription.sse.send).
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from typing import Any
 
 from django.db import transaction
 from django.urls import reverse
-from django_eventstream import send_event
 
 from tasks_admin.models import Job
 from transcription.models import RunStatus, TranscriptRun
+from transcription.sse import send
 from transcription.tokens import events_token_for
 
 logger = logging.getLogger(__name__)
@@ -136,16 +136,15 @@ def publish(
     data["event"] = event
     channels = (run_channel(run.id), user_channel(run.owner_id), ALL_RUNS_CHANNEL)
 
-    def send() -> None:
+    def send_all() -> None:
         for channel in channels:
             try:
-                send_event(channel, event, data)
+                send(channel, event, data)
             except Exception:
-                # The event row is stored before django-eventstream publishes it, so streams
-                # still deliver it from the database; the job must not fail over it.
-                logger.warning("could not publish %s for run %s", event, run.id, exc_info=True)
+                # A job must never fail because an event could not be stored or published.
+                logger.warning("could not send %s for run %s", event, run.id, exc_info=True)
 
-    transaction.on_commit(send)
+    transaction.on_commit(send_all)
 
 
 # Each move of the queue re-announces the places of this many runs at its head; runs further

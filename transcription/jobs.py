@@ -65,7 +65,6 @@ def held_run(attempt: Attempt) -> QuerySet[TranscriptRun]:
     """The attempt's run, only while this attempt still holds its job: a slow holder whose
     lease was taken over matches nothing and so writes nothing."""
     return TranscriptRun.objects.filter(
-        pk=attempt.job.run_id,
         status=RunStatus.PROCESSING,
         jobs__pk=attempt.job.pk,
         jobs__status=JobStatus.PROCESSING,

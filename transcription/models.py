@@ -1,13 +1,16 @@
 from __future__ import annotations
 
+import time
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
 from django.db import models
+from django.db.models import Sum
 from django.utils import timezone
 
-from tasks_admin.models import Job
+from tasks_admin.models import Job, JobQuerySet, Worker
 
 
 class Audio(models.Model):
@@ -117,19 +120,23 @@ class TranscriptRun(models.Model):
     def is_finished(self) -> bool:
         return self.status in TERMINAL_RUN_STATUSES
 
-    def queue_position(self) -> int:
-        """1 + the waiting jobs ahead of this run's job in claim order; 0 when not queued."""
+    def jobs_ahead(self) -> JobQuerySet | None:
+        """The waiting jobs ahead of this run's job in claim order; None when not in line."""
         if self.status != RunStatus.QUEUED:
-            return 0
+            return None
         job = Job.objects.waiting().filter(run=self).first()
         if job is None:
-            return 0  # waiting for a retry delay: not in line yet
-        ahead = Job.objects.waiting().filter(
+            return None  # waiting for a retry delay: not in line yet
+        return Job.objects.waiting().filter(
             models.Q(priority__gt=job.priority)
             | models.Q(priority=job.priority, created_at__lt=job.created_at)
             | models.Q(priority=job.priority, created_at=job.created_at, id__lt=job.id)
         )
-        return ahead.count() + 1
+
+    def queue_position(self) -> int:
+        """1 + the waiting jobs ahead of this run's job in claim order; 0 when not queued."""
+        ahead = self.jobs_ahead()
+        return 0 if ahead is None else ahead.count() + 1
 
     def elapsed_ms(self) -> int | None:
         if self.started_at is None:
@@ -138,10 +145,47 @@ class TranscriptRun(models.Model):
         return int((end - self.started_at).total_seconds() * 1000)
 
     def estimated_seconds_remaining(self) -> int | None:
-        """From the rate of progress so far; None until there is a rate to go by."""
-        if self.status != RunStatus.PROCESSING or self.started_at is None:
-            return None
-        if self.progress <= 0 or self.progress >= 100:
-            return 0 if self.progress >= 100 else None
-        elapsed = (timezone.now() - self.started_at).total_seconds()
-        return max(0, round(elapsed * (100 - self.progress) / self.progress))
+        """Processing: from this run's rate of progress so far. Queued: the audio ahead of it
+        and its own, at the speed recent runs went, spread over the live worker processes.
+        None until there is a rate to go by."""
+        if self.status == RunStatus.PROCESSING and self.started_at is not None:
+            if self.progress >= 100:
+                return 0
+            if self.progress <= 0:
+                return None
+            elapsed = (timezone.now() - self.started_at).total_seconds()
+            return max(0, round(elapsed * (100 - self.progress) / self.progress))
+        if self.status == RunStatus.QUEUED:
+            speed = TranscriptRun.recent_speed()
+            ahead = self.jobs_ahead()
+            if speed is None or ahead is None:
+                return None
+            ahead_ms = ahead.aggregate(ms=Sum("run__audio__duration_ms"))["ms"] or 0
+            processes = Worker.objects.filter(
+                last_seen__gte=timezone.now() - timedelta(seconds=settings.WORKER_STALE_SECONDS)
+            ).aggregate(n=Sum("processes"))["n"]
+            wait_ms = ahead_ms / max(1, processes or 1) + self.audio.duration_ms
+            return round(wait_ms / 1000 / speed)
+        return None
+
+    _speed_cache: tuple[float, float | None] = (0.0, None)
+
+    @classmethod
+    def recent_speed(cls) -> float | None:
+        """Audio seconds transcribed per wall second by one process, over recent runs.
+
+        Cached for a minute: it moves slowly and every queued run's ETA asks for it.
+        """
+        checked_at, speed = cls._speed_cache
+        if time.monotonic() - checked_at < 60:
+            return speed
+        recent = (
+            cls.objects.filter(status=RunStatus.SUCCEEDED, started_at__isnull=False)
+            .order_by("-finished_at")
+            .values_list("audio__duration_ms", "started_at", "finished_at")[:20]
+        )
+        audio_ms = sum(duration for duration, _, _ in recent)
+        wall_ms = sum((end - start).total_seconds() * 1000 for _, start, end in recent)
+        speed = audio_ms / wall_ms if audio_ms and wall_ms > 0 else None
+        cls._speed_cache = (time.monotonic(), speed)
+        return speed

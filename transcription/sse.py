@@ -13,18 +13,26 @@ module adds (DESIGN.md, "Events", items 1 to 3):
   once and in order, whichever path brought it.
 * No pinned database connection: every read runs in a pool thread that closes its
   connection afterwards, so an idle stream holds none.
+* Publishing that survives Redis going away (`send`): django-eventstream's `send_event`
+  retries a dead Redis for seconds on every event, which stalls the job that sends it. Here
+  a failed publish opens a breaker for a few seconds; the event is stored either way, and the
+  database poller delivers it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connections
 from django_eventstream.storage import DjangoModelStorage, EventDoesNotExist
 from django_eventstream.views import Listener, get_listener_manager
@@ -34,6 +42,70 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _storage = DjangoModelStorage()
+
+# The pub/sub channel every web process subscribes to (django-eventstream's name for it).
+REDIS_PUBSUB_CHANNEL = "events_channel"
+REDIS_BREAKER_SECONDS = 5.0
+
+
+class RedisPublisher:
+    """Publishes stored events with no retries and a breaker, so a dead Redis costs one
+    refused connection every few seconds instead of seconds of retries per event."""
+
+    def __init__(self) -> None:
+        self._client: Any = None
+        self._open_until = 0.0
+        self._lock = threading.Lock()
+
+    def _redis(self) -> Any:
+        if self._client is None:
+            import redis
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+
+            options: dict[str, Any] = {**settings.EVENTS_REDIS, "socket_connect_timeout": 1}
+            self._client = redis.Redis(**options, retry=Retry(NoBackoff(), 0))
+        return self._client
+
+    def publish(self, channel: str, event_type: str, data: str, event_id: int) -> bool:
+        if time.monotonic() < self._open_until:
+            return False
+        message = {
+            "channel": channel,
+            "event_type": event_type,
+            "data": data,
+            "pub_id": str(event_id),
+        }
+        try:
+            self._redis().publish(REDIS_PUBSUB_CHANNEL, json.dumps(message))
+            return True
+        except Exception as exc:
+            with self._lock:
+                if time.monotonic() >= self._open_until:
+                    logger.warning(
+                        "Redis publish failed (%s); events go through the database for %.0f s",
+                        exc,
+                        REDIS_BREAKER_SECONDS,
+                    )
+                self._open_until = time.monotonic() + REDIS_BREAKER_SECONDS
+            return False
+
+
+_publisher = RedisPublisher()
+
+
+def send(channel: str, event_type: str, data: dict[str, Any]) -> int:
+    """Store an event, then bring it to listeners: over Redis to every web process when
+    configured and up, else to this process's own listeners (other processes' pollers read it
+    from the database). Returns the event id."""
+    text = json.dumps(data, cls=DjangoJSONEncoder)
+    stored = _storage.append_event(channel, event_type, text)
+    if getattr(settings, "EVENTS_REDIS", None) and _publisher.publish(
+        channel, event_type, text, stored.id
+    ):
+        return int(stored.id)
+    get_listener_manager().add_to_queues(channel, stored)
+    return int(stored.id)
 
 
 async def db_call(fn: Callable[..., T], *args: Any) -> T:
@@ -147,8 +219,59 @@ class Watch:
         return out
 
 
+class RedisSubscriber:
+    """Receives events published by any process over Redis and hands them to this process's
+    listeners. Reconnects by itself (with backoff) when Redis goes away and comes back."""
+
+    def __init__(self) -> None:
+        self.connected = False
+        self.task: asyncio.Task[None] | None = None
+
+    def ensure_running(self) -> None:
+        if not getattr(settings, "EVENTS_REDIS", None):
+            return
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self.run())
+
+    async def run(self) -> None:
+        from django_eventstream.event import Event
+        from redis.asyncio import Redis
+
+        backoff = 0.5
+        while True:
+            options: dict[str, Any] = settings.EVENTS_REDIS
+            client = Redis(**options)
+            try:
+                async with client.pubsub() as pubsub:
+                    await pubsub.subscribe(REDIS_PUBSUB_CHANNEL)
+                    self.connected, backoff = True, 0.5
+                    async for message in pubsub.listen():
+                        if message.get("type") != "message":
+                            continue
+                        item = json.loads(message["data"])
+                        event = Event(
+                            item["channel"], item["event_type"], item["data"], id=item["pub_id"]
+                        )
+                        get_listener_manager().add_to_queues(item["channel"], event)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self.connected:
+                    logger.warning("lost Redis (%s); reading events from the database", exc)
+            finally:
+                self.connected = False
+                with contextlib.suppress(Exception):
+                    await client.aclose()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 10.0)
+
+
 class DatabasePoller:
-    """Brings events stored by other processes to this process's listeners."""
+    """Brings events stored by other processes to this process's listeners.
+
+    Without Redis it is the delivery path (every EVENTS_DB_POLL_MS); with Redis connected it
+    only checks now and then (REDIS_SAFETY_POLL_MS) for anything pub/sub lost.
+    """
 
     def __init__(self) -> None:
         self.known: dict[str, int] = {}
@@ -158,6 +281,7 @@ class DatabasePoller:
     def watch(self, channel: str, since: int) -> None:
         self.watchers[channel] = self.watchers.get(channel, 0) + 1
         self.known[channel] = min(self.known.get(channel, since), since)
+        subscriber.ensure_running()
         if self.task is None or self.task.done():
             self.task = asyncio.get_running_loop().create_task(self.run())
 
@@ -170,9 +294,13 @@ class DatabasePoller:
             self.watchers[channel] = count
 
     async def run(self) -> None:
-        interval = settings.EVENTS_DB_POLL_MS / 1000
         while self.watchers:
-            await asyncio.sleep(interval)
+            interval = (
+                settings.REDIS_SAFETY_POLL_MS
+                if subscriber.connected
+                else settings.EVENTS_DB_POLL_MS
+            )
+            await asyncio.sleep(interval / 1000)
             try:
                 await self.poll_once()
             except Exception:
@@ -209,4 +337,5 @@ def _new_events(known: dict[str, int]) -> dict[str, tuple[list[Any], int | None]
     return out
 
 
+subscriber = RedisSubscriber()
 poller = DatabasePoller()

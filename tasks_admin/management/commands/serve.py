@@ -24,9 +24,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, host: str, port: int, **options: Any) -> None:
         python = sys.executable
-        web = subprocess.Popen(
-            [python, "-m", "daphne", "-b", host, "-p", str(port), "lingoloop.asgi:application"]
-        )
+        web = subprocess.Popen([python, "-m", "lingoloop.server", "-b", host, "-p", str(port)])
         worker = subprocess.Popen([python, "manage.py", "worker"])
         children = [web, worker]
         self.stdout.write(
