@@ -1,7 +1,8 @@
 """ASGI entry point: daphne serves it (`runserver` too, since daphne is an installed app).
 
 Channels' ProtocolTypeRouter is the one routing layer; HTTP (the API, the pages and the SSE
-streams) all goes to Django. There is no second push path.
+streams) all goes to Django, behind a body-size limit that refuses oversized uploads while
+they stream. There is no second push path.
 """
 
 import os
@@ -13,4 +14,6 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter  # noqa: E402
 
-application = ProtocolTypeRouter({"http": django_asgi_app})
+from lingoloop.limits import BodySizeLimit  # noqa: E402
+
+application = ProtocolTypeRouter({"http": BodySizeLimit(django_asgi_app)})

@@ -1,5 +1,10 @@
-"""`python -m lingoloop.server [daphne options]`: daphne, with an access log that never shows
-tokens carried in query strings.
+"""`python -m lingoloop.server [daphne options]`: daphne, made fit for uploads from the internet.
+
+* The access log never shows tokens carried in query strings (see lingoloop.logs).
+* An oversized request body is refused while it streams: daphne (Twisted) would otherwise
+  receive a whole body, to a temporary file, before the application sees any of it. A body
+  announced or grown past MAX_UPLOAD_BYTES (plus the multipart envelope) gets a 413 in the
+  API's error shape at once, and the connection is closed.
 
 Takes daphne's own options (`-b 0.0.0.0 -p 8000 …`); the application defaults to
 `lingoloop.asgi:application`.
@@ -7,9 +12,11 @@ Takes daphne's own options (`-b 0.0.0.0 -p 8000 …`); the application defaults 
 
 from __future__ import annotations
 
+import json
 import sys
+from typing import Any
 
-from daphne import cli
+from daphne import cli, http_protocol
 from daphne.access import AccessLogGenerator
 
 from lingoloop.logs import redact
@@ -24,11 +31,57 @@ class RedactingAccessLog(AccessLogGenerator):
         super().write_entry(host, date, redact(request), status, length, ident, user)
 
 
+def _body_limit() -> int:
+    from django.conf import settings
+
+    from transcription.uploads import LimitedTemporaryFileUploadHandler
+
+    return int(settings.MAX_UPLOAD_BYTES) + LimitedTemporaryFileUploadHandler.ENVELOPE_BYTES
+
+
+class LimitedWebRequest(http_protocol.WebRequest):  # type: ignore[misc]
+    """daphne's request, refusing a body past the upload limit as soon as that is known."""
+
+    refused = False
+    received = 0
+
+    def gotLength(self, length: int | None) -> None:
+        if length is not None and length > _body_limit():
+            self._refuse()
+            length = 0  # nothing of the body will be kept
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.refused:
+            return
+        self.received += len(data)
+        if self.received > _body_limit():
+            self._refuse()
+            return
+        super().handleContentChunk(data)
+
+    def _refuse(self) -> None:
+        from transcription.uploads import too_large
+
+        self.refused = True
+        body = json.dumps(too_large().as_dict()).encode()
+        head = (
+            "HTTP/1.1 413 Request Entity Too Large\r\n"
+            "Content-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n"
+        ).encode()
+        transport: Any = self.channel.transport
+        transport.write(head + body)
+        transport.loseConnection()
+
+
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if not any(":" in arg and not arg.startswith("-") for arg in args):
         args.append(APPLICATION)
     cli.AccessLogGenerator = RedactingAccessLog  # type: ignore[misc]
+    http_protocol.WebRequest = LimitedWebRequest  # type: ignore[misc]
     cli.CommandLineInterface().run(args)
 
 

@@ -26,7 +26,9 @@ from lingoloop.env import (
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-DEBUG = env_bool("DEBUG", False)
+# Development by default, so `make run` works with nothing set. Production is DEBUG=0, and
+# then a real SECRET_KEY and ALLOWED_HOSTS are required (see "Security" in README.md).
+DEBUG = env_bool("DEBUG", True)
 
 DATA_DIR = Path(env_str("DATA_DIR", str(BASE_DIR / "data"))).resolve()
 UPLOAD_DIR = DATA_DIR / "uploads"
@@ -43,7 +45,16 @@ def _secret_key() -> str:
     """
     configured = env_str("SECRET_KEY")
     if configured:
+        if not DEBUG and (len(configured) < 50 or len(set(configured)) < 5):
+            raise ImproperlyConfigured(
+                "SECRET_KEY must be at least 50 random characters when DEBUG=0"
+            )
         return configured
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "SECRET_KEY is not set: DEBUG=0 needs a real one, the same on every machine "
+            "(python -c 'import secrets; print(secrets.token_urlsafe(50))')"
+        )
     key_file = DATA_DIR / "secret_key"
     if not key_file.exists():
         try:
@@ -56,8 +67,25 @@ def _secret_key() -> str:
 
 
 SECRET_KEY = _secret_key()
+if not DEBUG and not env_list("ALLOWED_HOSTS", []):
+    raise ImproperlyConfigured(
+        "ALLOWED_HOSTS is not set: DEBUG=0 needs the host names this service answers to"
+    )
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+# Production hardening; behind a TLS-terminating proxy set TRUST_X_FORWARDED_PROTO=1.
+if env_bool("TRUST_X_FORWARDED_PROTO", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("SECURE_COOKIES", not DEBUG)
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SESSION_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
 
 INSTALLED_APPS = [
     # daphne first, so `runserver` serves ASGI (SSE never ends under WSGI).
@@ -201,6 +229,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "lingoloop.errors.api_exception_handler",
+    "DEFAULT_THROTTLE_RATES": {"uploads": f"{env_int('UPLOADS_PER_MINUTE', 30, minimum=1)}/min"},
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
 SPECTACULAR_SETTINGS = {
@@ -224,11 +253,13 @@ TASKS_INLINE_PROCESSING = env_bool("TASKS_INLINE_PROCESSING", False)
 USER_MAX_ACTIVE_RUNS = env_int("USER_MAX_ACTIVE_RUNS", 20, minimum=1)
 AUDIO_RETENTION_HOURS = env_int("AUDIO_RETENTION_HOURS", 0, minimum=0)
 
-# Uploads go straight to disk in chunks: never a whole file in memory.
-FILE_UPLOAD_HANDLERS = ["django.core.files.uploadhandler.TemporaryFileUploadHandler"]
+# Uploads go straight to disk in chunks, never a whole file in memory, and stop at
+# MAX_UPLOAD_BYTES while they stream.
+FILE_UPLOAD_HANDLERS = ["transcription.uploads.LimitedTemporaryFileUploadHandler"]
 FILE_UPLOAD_TEMP_DIR = str(UPLOAD_TEMP_DIR)
 FILE_UPLOAD_PERMISSIONS = 0o600
 DATA_UPLOAD_MAX_NUMBER_FIELDS = 100
+FORMS_URLFIELD_ASSUME_HTTPS = True
 
 WHISPER_MODEL = env_str("WHISPER_MODEL", "tiny.en")
 WHISPER_MODELS_ALLOWED = env_list("WHISPER_MODELS_ALLOWED", [WHISPER_MODEL])

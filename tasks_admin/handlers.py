@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -83,10 +83,19 @@ class JobHandler(Protocol):
 
 
 _handlers: dict[str, JobHandler] = {}
+_periodic: dict[str, timedelta] = {}
 
 
-def register(handler: JobHandler) -> None:
+def register(handler: JobHandler, *, every: timedelta | None = None) -> None:
+    """Register `handler` for its job type; with `every`, worker clusters also queue one such
+    job whenever none has been queued for that long (see runner.enqueue_periodic_jobs)."""
     _handlers[handler.job_type] = handler
+    if every is not None:
+        _periodic[handler.job_type] = every
+
+
+def periodic_job_types() -> dict[str, timedelta]:
+    return dict(_periodic)
 
 
 def get_handler(job_type: str) -> JobHandler:

@@ -18,7 +18,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import close_old_connections, connection, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 from django_q.exceptions import TimeoutException
 
@@ -30,6 +30,7 @@ from tasks_admin.handlers import (
     PermanentError,
     Released,
     get_handler,
+    periodic_job_types,
 )
 from tasks_admin.models import Job, JobStatus, Worker, WorkerState
 
@@ -236,6 +237,22 @@ def hand_back_all(prefix: str, *, reason: str) -> int:
     """Hand back every job still held by processes whose worker id starts with `prefix`."""
     jobs = Job.objects.filter(status=JobStatus.PROCESSING, locked_by__startswith=prefix)
     return sum(hand_back(job, holder=job.locked_by, reason=reason) for job in jobs)
+
+
+def enqueue_periodic_jobs() -> list[str]:
+    """Queue each periodic job type that has no job waiting, running, or created within its
+    interval. Several clusters may race here; the worst case is one extra run of a job that
+    must be idempotent anyway."""
+    created = []
+    now = timezone.now()
+    for job_type, every in periodic_job_types().items():
+        recent = Job.objects.filter(job_type=job_type).filter(
+            Q(status__in=[JobStatus.QUEUED, JobStatus.PROCESSING]) | Q(created_at__gt=now - every)
+        )
+        if not recent.exists():
+            Job.objects.create(job_type=job_type, max_attempts=settings.WORKER_MAX_RETRIES + 1)
+            created.append(job_type)
+    return created
 
 
 def reap_expired_leases() -> int:

@@ -18,6 +18,7 @@ import httpx
 import pytest
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.core.cache import cache
 from django.db import connection
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
@@ -69,6 +70,7 @@ def _isolated_upload_dirs(settings, tmp_path: Path) -> None:  # type: ignore[no-
     settings.FILE_UPLOAD_TEMP_DIR = str(tmp_path / "tmp")
     settings.UPLOAD_DIR.mkdir()
     settings.UPLOAD_TEMP_DIR.mkdir()
+    cache.clear()  # upload throttles count per user id, and ids repeat across tests
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.throttling import UserRateThrottle
 from rest_framework.views import APIView
 
 from lingoloop.errors import ApiError
@@ -59,7 +60,15 @@ class TokenView(APIView):
         return Response({"token": token.key})
 
 
+class UploadRateThrottle(UserRateThrottle):
+    """UPLOADS_PER_MINUTE per user; refused uploads answer 429 with Retry-After."""
+
+    scope = "uploads"
+
+
 class TranscribeView(APIView):
+    throttle_classes = [UploadRateThrottle]
+
     @extend_schema(
         request={"multipart/form-data": SubmitSerializer}, responses={201: dict, 202: dict}
     )

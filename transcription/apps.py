@@ -8,7 +8,14 @@ class TranscriptionConfig(AppConfig):
     def ready(self) -> None:
         # The queue runs jobs by type; this app brings the transcription handlers.
         from tasks_admin.handlers import register
-        from transcription.jobs import JOB_TYPE_ASYNC, JOB_TYPE_SYNC, TranscribeHandler
+        from transcription.jobs import (
+            JOB_TYPE_ASYNC,
+            JOB_TYPE_SYNC,
+            PURGE_EVERY,
+            PurgeAudioHandler,
+            TranscribeHandler,
+        )
 
         register(TranscribeHandler(JOB_TYPE_ASYNC))
         register(TranscribeHandler(JOB_TYPE_SYNC))
+        register(PurgeAudioHandler(), every=PURGE_EVERY)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
@@ -14,7 +16,7 @@ from tasks_admin.handlers import Attempt, Cancelled, ClaimLost, PermanentError
 from tasks_admin.models import Job, JobStatus
 from transcription import engine
 from transcription.events import announce_queue_positions, iso_utc, publish
-from transcription.models import RunStatus, TranscriptRun
+from transcription.models import Audio, RunStatus, TranscriptRun
 
 JOB_TYPE_ASYNC = "transcribe_long"
 JOB_TYPE_SYNC = "transcribe_sync"
@@ -204,3 +206,57 @@ class TranscribeHandler:
         run = self._end(job, RunStatus.CANCELLED)
         if run is not None:
             publish(run, "done")
+
+
+JOB_TYPE_PURGE = "purge_audio"
+PURGE_EVERY = timedelta(hours=1)
+
+
+class PurgeAudioHandler:
+    """Retention: delete the files of audio whose runs all finished more than
+    AUDIO_RETENTION_HOURS ago. The rows stay, with `purged_at` set, transcripts and all."""
+
+    job_type = JOB_TYPE_PURGE
+
+    def started(self, attempt: Attempt) -> None:
+        pass
+
+    def run(self, attempt: Attempt) -> None:
+        attempt.state["purged"] = purge_expired_audio(heartbeat=attempt.heartbeat)
+
+    def succeeded(self, attempt: Attempt) -> None:
+        pass
+
+    def retrying(self, job: Job, error: str, retry_at: datetime) -> None:
+        pass
+
+    def failed(self, job: Job, code: str, error: str) -> None:
+        pass
+
+    def cancelled(self, job: Job) -> None:
+        pass
+
+    def released(self, job: Job) -> None:
+        pass
+
+
+def purge_expired_audio(*, heartbeat: Callable[[], None] = lambda: None) -> int:
+    hours = settings.AUDIO_RETENTION_HOURS
+    if hours <= 0:
+        return 0
+    cutoff = timezone.now() - timedelta(hours=hours)
+    expired = (
+        Audio.objects.filter(purged_at__isnull=True, created_at__lt=cutoff)
+        .exclude(runs__status__in=ACTIVE)
+        .exclude(runs__finished_at__gte=cutoff)
+        .distinct()
+    )
+    purged = 0
+    for audio in expired.iterator():
+        heartbeat()
+        if Audio.objects.filter(pk=audio.pk, purged_at__isnull=True).update(
+            purged_at=timezone.now()
+        ):
+            audio.delete_file()
+            purged += 1
+    return purged

@@ -54,6 +54,9 @@ def probe_audio(path: Path) -> Probe:
         raise ApiError("empty_file", "The uploaded file is empty.", field="file")
     try:
         container = av.open(str(path), mode="r")
+    except av.error.EOFError:
+        # FFmpeg recognised the format but the file ends before its first frame.
+        raise _undecodable("the file is truncated") from None
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:
         raise _not_audio(str(exc).split(":")[0] or "unrecognised format") from None
 
@@ -70,25 +73,24 @@ def probe_audio(path: Path) -> Probe:
                 status_code=status.HTTP_422_UNPROCESSABLE_ENTITY,
             )
         stream = audio_streams[0]
-        duration_s = _duration_seconds(container, stream)
+        duration_ms = round(_duration_seconds(container, stream) * 1000)
+        if duration_ms <= 0:
+            raise ApiError(
+                "empty_audio",
+                "The audio has no length.",
+                field="file",
+                status_code=status.HTTP_422_UNPROCESSABLE_ENTITY,
+            )
+        if duration_ms > settings.MAX_AUDIO_DURATION_MS:
+            raise ApiError(
+                "audio_too_long",
+                f"The audio lasts {duration_ms / 60000:.1f} minutes; the limit is "
+                f"{settings.MAX_AUDIO_DURATION_MS / 60000:.1f} minutes.",
+                field="file",
+                status_code=status.HTTP_422_UNPROCESSABLE_ENTITY,
+            )
         _decode_first_frame(container, stream)
 
-    duration_ms = round(duration_s * 1000)
-    if duration_ms <= 0:
-        raise ApiError(
-            "empty_audio",
-            "The audio has no length.",
-            field="file",
-            status_code=status.HTTP_422_UNPROCESSABLE_ENTITY,
-        )
-    if duration_ms > settings.MAX_AUDIO_DURATION_MS:
-        raise ApiError(
-            "audio_too_long",
-            f"The audio lasts {duration_ms / 60000:.1f} minutes; the limit is "
-            f"{settings.MAX_AUDIO_DURATION_MS / 60000:.1f} minutes.",
-            field="file",
-            status_code=status.HTTP_422_UNPROCESSABLE_ENTITY,
-        )
     codec = stream.codec_context.name
     content_type = _CONTENT_TYPES.get(format_name, f"audio/x-{codec}")
     return Probe(content_type=content_type, duration_ms=duration_ms, codec=codec)
@@ -111,6 +113,15 @@ def _duration_seconds(container: av.container.InputContainer, stream: Any) -> fl
     return samples / rate
 
 
+def _undecodable(detail: str) -> ApiError:
+    return ApiError(
+        "undecodable",
+        f"The audio could not be decoded ({detail}).",
+        field="file",
+        status_code=status.HTTP_422_UNPROCESSABLE_ENTITY,
+    )
+
+
 def _decode_first_frame(container: av.container.InputContainer, stream: Any) -> None:
     with contextlib.suppress(av.error.FFmpegError):
         container.seek(0)
@@ -118,15 +129,5 @@ def _decode_first_frame(container: av.container.InputContainer, stream: Any) -> 
         for _frame in container.decode(stream):
             return
     except av.error.FFmpegError as exc:
-        raise ApiError(
-            "undecodable",
-            f"The audio could not be decoded ({exc}).",
-            field="file",
-            status_code=status.HTTP_422_UNPROCESSABLE_ENTITY,
-        ) from None
-    raise ApiError(
-        "undecodable",
-        "The audio stream holds no decodable sound.",
-        field="file",
-        status_code=status.HTTP_422_UNPROCESSABLE_ENTITY,
-    )
+        raise _undecodable(str(exc).split(":")[0]) from None
+    raise _undecodable("the audio stream holds no decodable sound")

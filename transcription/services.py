@@ -156,6 +156,18 @@ def run_submit(
         if existing is not None:
             return existing, False
 
+    active = TranscriptRun.objects.filter(
+        owner=owner, status__in=[RunStatus.QUEUED, RunStatus.PROCESSING]
+    ).count()
+    if active >= settings.USER_MAX_ACTIVE_RUNS:
+        raise ApiError(
+            "too_many_active_runs",
+            f"You have {active} runs queued or processing; the limit is "
+            f"{settings.USER_MAX_ACTIVE_RUNS}. Wait for some to finish or cancel them.",
+            status_code=status.HTTP_429_TOO_MANY_REQUESTS,
+            headers={"Retry-After": "30"},
+        )
+
     spooled = _spool(upload)
     stored: Path | None = None
     holds_slot = False

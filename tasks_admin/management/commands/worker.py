@@ -28,7 +28,7 @@ from django.utils import timezone
 from django_q.cluster import Cluster
 
 from tasks_admin.models import Worker, WorkerState
-from tasks_admin.runner import CLUSTER_ENV, hand_back_all
+from tasks_admin.runner import CLUSTER_ENV, enqueue_periodic_jobs, hand_back_all
 
 BEAT_SECONDS = 2.0
 # After the grace period, how long a job gets to reach its next safe point before its
@@ -112,6 +112,8 @@ class Command(BaseCommand):
     def _beat(worker: Worker) -> None:
         close_old_connections()
         Worker.objects.filter(pk=worker.pk).update(last_seen=timezone.now())
+        if Worker.objects.filter(pk=worker.pk, state=WorkerState.RUNNING).exists():
+            enqueue_periodic_jobs()
 
     def _stop(self, worker: Worker, cluster: Cluster) -> None:
         grace = settings.WORKER_SHUTDOWN_GRACE_SECONDS

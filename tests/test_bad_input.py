@@ -1,0 +1,499 @@
+"""Every door refuses the wrong thing clearly (status, code, field) and leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+import wave
+import zlib
+from datetime import timedelta
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import Client
+from django.utils import timezone
+from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
+from rest_framework.test import APIClient
+
+from tasks_admin.models import Job
+from tests.conftest import JFK, ROOT, stored_files
+from transcription.jobs import purge_expired_audio
+from transcription.models import Audio, RunStatus, TranscriptRun
+
+pytestmark = pytest.mark.django_db
+
+
+# --- Files that are not (good) audio, built here rather than committed ---------------------
+
+
+def wav(seconds: float) -> bytes:
+    path_samples = (np.sin(np.arange(int(16000 * seconds)) / 10) * 8000).astype("<i2")
+    import io
+
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(16000)
+        out.writeframes(path_samples.tobytes())
+    return buffer.getvalue()
+
+
+def png() -> bytes:
+    raw = b"".join(b"\x00" + b"\xff\x00\x00" * 16 for _ in range(16))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    header = struct.pack(">IIBBBBB", 16, 16, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
+
+
+def video_only(path: Path) -> bytes:
+    out = av.open(str(path), "w")
+    stream = out.add_stream("mpeg4", rate=10)
+    stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+    for _ in range(10):
+        frame = av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), dtype=np.uint8), format="rgb24")
+        for packet in stream.encode(frame):
+            out.mux(packet)
+    for packet in stream.encode():
+        out.mux(packet)
+    out.close()
+    return path.read_bytes()
+
+
+def flac_claiming_centuries() -> bytes:
+    """jfk.flac whose STREAMINFO says it holds 2^36 - 1 samples (about 18 days)."""
+    data = bytearray(JFK.read_bytes())
+    start = 8 + 10  # 'fLaC', block header, then sample rate / channels / bits / total samples
+    packed = int.from_bytes(data[start : start + 8], "big") | ((1 << 36) - 1)
+    data[start : start + 8] = packed.to_bytes(8, "big")
+    return bytes(data)
+
+
+def post(client: APIClient, content: bytes, name: str = "upload.mp3", **fields: object):  # type: ignore[no-untyped-def]
+    return client.post(
+        "/api/transcribe",
+        {"file": SimpleUploadedFile(name, content), "mode": "async", **fields},
+        format="multipart",
+    )
+
+
+def assert_refused(response, status: int, code: str, field: str | None = "file") -> None:  # type: ignore[no-untyped-def]
+    assert response.status_code == status, response.content
+    error = response.json()["error"]
+    assert (error["code"], error["field"]) == (code, field)
+    assert error["message"]
+    assert Audio.objects.count() == 0
+    assert TranscriptRun.objects.count() == 0
+    assert Job.objects.count() == 0
+    assert stored_files() == []
+
+
+# --- 1. Empty, missing, doubled, malformed --------------------------------------------------
+
+
+def test_1_empty_file_is_400(alice):
+    assert_refused(post(alice.client, b""), 400, "empty_file")
+
+
+def test_1_missing_file_field_is_400(alice):
+    response = alice.client.post("/api/transcribe", {"language": "en"}, format="multipart")
+    assert_refused(response, 400, "required")
+
+
+def test_1_two_file_fields_are_400(alice):
+    response = alice.client.post(
+        "/api/transcribe",
+        {
+            "file": [
+                SimpleUploadedFile("a.flac", JFK.read_bytes()),
+                SimpleUploadedFile("b.flac", JFK.read_bytes()),
+            ]
+        },
+        format="multipart",
+    )
+    assert_refused(response, 400, "too_many_files")
+
+
+def test_1_malformed_multipart_is_400(alice):
+    response = alice.client.generic(
+        "POST",
+        "/api/transcribe",
+        b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\nabc',
+        content_type="multipart/form-data; boundary=",
+    )
+    assert_refused(response, 400, "malformed_request", None)
+
+
+# --- 2. Too large ----------------------------------------------------------------------------
+
+
+def test_2_file_over_the_upload_limit_is_413_and_its_partial_file_removed(alice, settings):
+    settings.MAX_UPLOAD_BYTES = 200_000
+
+    response = post(alice.client, JFK.read_bytes(), "jfk.flac")
+
+    assert_refused(response, 413, "file_too_large")
+    assert list(Path(settings.UPLOAD_TEMP_DIR).iterdir()) == []
+
+
+# --- 3, 4, 5, 6. What the bytes really are --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("report.mp3", b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\n" + b"x" * 2000),
+        ("picture.mp3", png()),
+        ("page.wav", b"<!doctype html><html><body>" + b"hello " * 500 + b"</body></html>"),
+        ("script.mp3", b"#!/bin/sh\necho pwned\n" * 100),
+    ],
+)
+def test_3_bytes_that_are_not_audio_are_415(alice, name, content):
+    assert_refused(post(alice.client, content, name), 415, "not_audio")
+
+
+def test_4_container_without_an_audio_stream_is_422(alice, tmp_path):
+    response = post(alice.client, video_only(tmp_path / "silent.mp4"), "silent.mp4")
+    assert_refused(response, 422, "no_audio_stream")
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(JFK.read_bytes()[:2000], id="truncated"),
+        pytest.param(JFK.read_bytes()[:200] + os.urandom(50_000), id="garbage-after-header"),
+    ],
+)
+def test_5_truncated_or_corrupt_audio_is_422(alice, content):
+    assert_refused(post(alice.client, content, "broken.flac"), 422, "undecodable")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_5_audio_that_fails_to_decode_later_fails_its_run_without_retry(alice, settings):
+    """The probe passed, then the file became unreadable: `undecodable`, one attempt."""
+    from tasks_admin.runner import run_job
+
+    run = post(alice.client, wav(1.0), "one.wav").json()
+    audio = Audio.objects.get()
+    audio.path.write_bytes(b"RIFF" + os.urandom(4000))
+
+    run_job(str(Job.objects.get().pk))
+
+    stored = TranscriptRun.objects.get(pk=run["runId"])
+    assert (stored.status, stored.error_code) == (RunStatus.FAILED, "undecodable")
+    assert Job.objects.get().attempts == 1
+
+
+@pytest.mark.parametrize(
+    ("content", "code"),
+    [
+        pytest.param(wav(0), "empty_audio", id="zero-length"),
+        pytest.param(flac_claiming_centuries(), "audio_too_long", id="absurd-header"),
+    ],
+)
+def test_6_zero_or_absurd_length_is_422(alice, content, code):
+    assert_refused(post(alice.client, content, "odd.flac"), 422, code)
+
+
+def test_6_audio_over_the_duration_limit_is_422(alice, settings):
+    settings.MAX_AUDIO_DURATION_MS = 5000
+    assert_refused(post(alice.client, JFK.read_bytes(), "jfk.flac"), 422, "audio_too_long")
+
+
+# --- 7. Hostile filenames -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        ("../../x.wav", "x.wav"),
+        ("a.wav%00.php", "a.wav%00.php"),
+        ("evil\u202egnp.wav", "evilgnp.wav"),
+        ("bell\x07\x1b[31m.wav", "bell[31m.wav"),
+        ("..\\..\\windows\\win.ini.wav", "win.ini.wav"),
+    ],
+)
+def test_7_hostile_filenames_are_stored_under_a_uuid_and_shown_sanitized(alice, name, shown):
+    response = post(alice.client, wav(1.0), name)
+
+    assert response.status_code == 202
+    audio = Audio.objects.get()
+    assert audio.original_filename == shown
+    assert response.json()["audio"]["filename"] == shown
+    (stored,) = stored_files()
+    assert stored.name == audio.stored_name and len(stored.name) == 32
+
+
+def test_7_a_300_byte_filename_is_shortened_keeping_its_extension(alice):
+    response = post(alice.client, wav(1.0), "n" * 296 + ".wav")
+
+    assert response.status_code == 202
+    name = Audio.objects.get().original_filename
+    assert name.endswith(".wav") and len(name.encode()) <= 200
+
+
+# --- 8. Options -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"language": "klingon"}, "language"),
+        ({"language": "de"}, "language"),  # tiny.en knows English only
+        ({"model": "large-v3"}, "model"),
+        ({"priority": 11}, "priority"),
+        ({"priority": -11}, "priority"),
+        ({"priority": "NaN"}, "priority"),
+        ({"beamSize": -1}, "beamSize"),
+        ({"beamSize": "NaN"}, "beamSize"),
+        ({"task": "summarize"}, "task"),
+        ({"mode": "later"}, "mode"),
+        ({"wordTimestamps": "maybe"}, "wordTimestamps"),
+        ({"callbackUrl": "ftp://example.com/hook"}, "callbackUrl"),
+        ({"callbackUrl": "javascript:alert(1)"}, "callbackUrl"),
+    ],
+)
+def test_8_bad_options_are_400_naming_the_field(alice, fields, field):
+    response = post(alice.client, wav(1.0), "one.wav", **fields)
+
+    assert response.status_code == 400, response.json()
+    assert response.json()["error"]["field"] == field
+    assert Audio.objects.count() == 0 and stored_files() == []
+
+
+# --- 9. Auth --------------------------------------------------------------------------------
+
+
+def test_9_session_post_without_csrf_token_is_403(alice):
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(alice.user)  # type: ignore[arg-type]
+
+    response = browser.post("/api/transcribe", {"file": SimpleUploadedFile("a.wav", wav(1.0))})
+
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "permission_denied"
+    assert Audio.objects.count() == 0 and stored_files() == []
+
+
+def test_9_no_token_or_a_wrong_one_is_401():
+    anonymous = APIClient().post("/api/transcribe", {}, format="multipart")
+    wrong = APIClient(HTTP_AUTHORIZATION="Bearer nope").post(
+        "/api/transcribe", {}, format="multipart"
+    )
+
+    assert (anonymous.status_code, anonymous.json()["error"]["code"]) == (401, "not_authenticated")
+    assert (wrong.status_code, wrong.json()["error"]["code"]) == (401, "authentication_failed")
+
+
+def test_9_someone_elses_run_is_404_everywhere(alice, bob):
+    run_id = post(alice.client, wav(1.0), "one.wav").json()["runId"]
+
+    for method, path in [
+        ("get", f"/api/runs/{run_id}"),
+        ("get", f"/api/runs/{run_id}/progress"),
+        ("get", f"/api/runs/{run_id}/transcript?format=json"),
+        ("post", f"/api/runs/{run_id}/cancel"),
+        ("post", f"/api/runs/{run_id}/retry"),
+        ("delete", f"/api/runs/{run_id}"),
+    ]:
+        response = getattr(bob.client, method)(path)
+        assert response.status_code == 404, (method, path)
+        assert response.json()["error"]["code"] == "not_found"
+    assert TranscriptRun.objects.get(pk=run_id).status == RunStatus.QUEUED
+
+
+# --- 10. Too much ---------------------------------------------------------------------------
+
+
+def test_10_more_active_runs_than_allowed_is_429_with_retry_after(alice, settings):
+    settings.USER_MAX_ACTIVE_RUNS = 2
+    assert post(alice.client, wav(1.0), "1.wav").status_code == 202
+    assert post(alice.client, wav(1.0), "2.wav").status_code == 202
+
+    response = post(alice.client, wav(1.0), "3.wav")
+
+    assert response.status_code == 429
+    assert response.json()["error"]["code"] == "too_many_active_runs"
+    assert int(response["Retry-After"]) > 0
+    assert TranscriptRun.objects.count() == 2 and len(stored_files()) == 2
+
+
+def test_10_more_uploads_per_minute_than_the_throttle_allows_is_429(alice, monkeypatch):
+    from transcription.api import UploadRateThrottle
+
+    monkeypatch.setitem(UploadRateThrottle.THROTTLE_RATES, "uploads", "2/min")
+    for name in ("1.wav", "2.wav"):
+        assert post(alice.client, wav(1.0), name).status_code == 202
+
+    response = post(alice.client, wav(1.0), "3.wav")
+
+    assert response.status_code == 429
+    assert response.json()["error"]["code"] == "throttled"
+    assert int(response["Retry-After"]) > 0
+    assert TranscriptRun.objects.count() == 2
+
+
+# --- Random input never breaks the server ---------------------------------------------------
+
+
+@hypothesis_settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    content=st.binary(max_size=4096),
+    language=st.text(max_size=20),
+    priority=st.one_of(st.integers(), st.text(max_size=8)),
+    beam=st.one_of(st.integers(), st.floats(allow_nan=True), st.text(max_size=5)),
+    word_timestamps=st.text(max_size=6),
+    callback=st.text(max_size=40),
+)
+def test_random_bytes_and_options_never_produce_a_500(
+    alice, content, language, priority, beam, word_timestamps, callback
+):
+    response = alice.client.post(
+        "/api/transcribe",
+        {
+            "file": SimpleUploadedFile("random.bin", content),
+            "mode": "async",
+            "language": language,
+            "priority": str(priority),
+            "beamSize": str(beam),
+            "wordTimestamps": word_timestamps,
+            "callbackUrl": callback,
+        },
+        format="multipart",
+    )
+
+    assert response.status_code < 500, response.content
+    if response.status_code >= 400:
+        assert set(response.json()["error"]) == {"code", "message", "field"}
+        assert Audio.objects.count() == 0
+    TranscriptRun.objects.all().delete()
+    Audio.objects.all().delete()
+    for leftover in stored_files():
+        leftover.unlink()
+
+
+# --- Retention --------------------------------------------------------------------------------
+
+
+def test_retention_deletes_exactly_the_expired_files(alice, settings):
+    settings.AUDIO_RETENTION_HOURS = 24
+    ids = [post(alice.client, wav(1.0), f"{n}.wav").json()["runId"] for n in range(4)]
+    old = timezone.now() - timedelta(hours=30)
+    recent = timezone.now() - timedelta(hours=2)
+    runs = TranscriptRun.objects.filter(pk__in=ids).order_by("created_at")
+    expired, finished_lately, still_queued, kept_young = list(runs)
+    for run, finished in [(expired, old), (finished_lately, recent)]:
+        TranscriptRun.objects.filter(pk=run.pk).update(
+            status=RunStatus.SUCCEEDED, text="kept", finished_at=finished
+        )
+    Audio.objects.filter(runs__in=[expired, finished_lately, still_queued]).update(created_at=old)
+
+    assert purge_expired_audio() == 1
+
+    expired.audio.refresh_from_db()
+    assert expired.audio.purged_at is not None and not expired.audio.path.exists()
+    assert TranscriptRun.objects.get(pk=expired.pk).text == "kept"
+    for run in (finished_lately, still_queued, kept_young):
+        run.audio.refresh_from_db()
+        assert run.audio.purged_at is None and run.audio.path.exists()
+    assert purge_expired_audio() == 0  # nothing twice
+
+
+@pytest.mark.django_db(transaction=True)
+def test_retention_runs_as_a_periodic_job_through_the_queue(settings):
+    from tasks_admin.runner import enqueue_periodic_jobs, run_job
+
+    settings.AUDIO_RETENTION_HOURS = 1
+    assert "purge_audio" in enqueue_periodic_jobs()
+    assert enqueue_periodic_jobs() == []  # one at a time
+    job = Job.objects.get(job_type="purge_audio")
+
+    assert run_job(str(job.pk)) == "succeeded"
+
+
+# --- Production settings --------------------------------------------------------------------
+
+
+def manage(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_debug_off_refuses_to_start_without_a_real_secret_key_and_hosts(tmp_path):
+    base = {"DEBUG": "0", "DATA_DIR": str(tmp_path)}
+    no_key = manage("check", **base, ALLOWED_HOSTS="example.com")
+    weak_key = manage("check", **base, ALLOWED_HOSTS="example.com", SECRET_KEY="short")
+    no_hosts = manage("check", **base, SECRET_KEY="k" * 20 + "abcdefghij" * 4)
+
+    assert no_key.returncode != 0 and "SECRET_KEY is not set" in no_key.stderr
+    assert weak_key.returncode != 0 and "SECRET_KEY must be at least 50" in weak_key.stderr
+    assert no_hosts.returncode != 0 and "ALLOWED_HOSTS is not set" in no_hosts.stderr
+
+
+def test_check_deploy_is_clean_with_the_documented_production_settings(tmp_path):
+    result = manage(
+        "check",
+        "--deploy",
+        "--fail-level",
+        "WARNING",
+        DEBUG="0",
+        DATA_DIR=str(tmp_path),
+        SECRET_KEY="x7!" + "q9Zr-Lm2pW8vT4kB6yN1cD3fH5jA0sE" * 2,
+        ALLOWED_HOSTS="lingoloop.example.com",
+        SECURE_SSL_REDIRECT="1",
+        SECURE_HSTS_SECONDS="31536000",
+        SECURE_HSTS_INCLUDE_SUBDOMAINS="1",
+        SECURE_HSTS_PRELOAD="1",
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_2_oversized_upload_is_refused_before_its_body_is_sent(processes):
+    """Over HTTP: the 413 comes back while the client has sent only the headers."""
+    import http.client
+    import json
+
+    from tests.conftest import make_account
+
+    account = make_account("alice")
+    base = processes.web(MAX_UPLOAD_BYTES="1000000")
+    host, port = base.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    connection.putrequest("POST", "/api/transcribe")
+    connection.putheader("Authorization", f"Bearer {account.token}")
+    connection.putheader("Content-Type", "multipart/form-data; boundary=x")
+    connection.putheader("Content-Length", str(10 * 1024**3))  # 10 GiB announced, none sent
+    connection.endheaders()
+
+    response = connection.getresponse()
+
+    assert response.status == 413
+    assert json.loads(response.read())["error"]["code"] == "file_too_large"
+    connection.close()
+    assert list(Path(processes.data_dir, "tmp").iterdir()) == []
