@@ -15,10 +15,10 @@ $(STAMP): pyproject.toml | $(PY)
 	touch $(STAMP)
 
 run: $(STAMP)
-	DEBUG=$${DEBUG:-1} $(PY) manage.py migrate --noinput
+	$(PY) manage.py migrate --noinput
 	$(PY) manage.py collectstatic --noinput --verbosity 0
 	$(PY) manage.py ensure_admin
-	DEBUG=$${DEBUG:-1} $(PY) manage.py serve
+	$(PY) manage.py serve
 
 test: $(STAMP)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
