@@ -57,8 +57,8 @@ def probe_audio(path: Path) -> Probe:
     except av.error.EOFError:
         # FFmpeg recognised the format but the file ends before its first frame.
         raise _undecodable("the file is truncated") from None
-    except (av.error.FFmpegError, UnicodeDecodeError) as exc:
-        raise _not_audio(str(exc).split(":")[0] or "unrecognised format") from None
+    except (av.error.FFmpegError, UnicodeDecodeError):
+        raise _not_audio("no audio format recognised in its bytes") from None
 
     with container:
         format_name = container.format.name

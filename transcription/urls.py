@@ -21,5 +21,8 @@ api_urls = [
 
 web_urls = [
     path("", web.upload_page, name="upload"),
+    path("runs/", web.runs_page, name="runs-page"),
     path("runs/<uuid:run_id>/", web.run_page, name="run-page"),
+    path("runs/<uuid:run_id>/audio", web.run_audio, name="run-audio"),
+    path("accounts/token/", web.token_page, name="account-token"),
 ]

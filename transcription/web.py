@@ -1,37 +1,232 @@
-"""Server-rendered pages. They talk to the same API and event streams as any client."""
+"""Server-rendered pages. They talk to the same API and event streams as any client.
+
+Pages render the current state and the event id read just before it; their scripts open the
+event stream from that id, so nothing that happens between the render and the connect is lost
+(the same "id first, snapshot second" rule as the streams themselves, DESIGN.md item 2).
+"""
 
 from __future__ import annotations
 
+import re
 import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, cast
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.contrib.auth.models import User
+from django.core.paginator import Paginator
+from django.db import transaction
+from django.db.models import QuerySet
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBase,
+    HttpResponseNotFound,
+    StreamingHttpResponse,
+)
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_http_methods
+from rest_framework.authtoken.models import Token
 
-from transcription.models import TranscriptRun
+from transcription.events import ALL_RUNS_CHANNEL, progress_object, run_channel, user_channel
+from transcription.models import RunStatus, TranscriptRun
+from transcription.sse import current_event_id
+
+RUNS_PER_PAGE = 50
+AUDIO_CHUNK_BYTES = 256 * 1024
+
+
+def clock(ms: float | None) -> str:
+    """A duration as the player shows it: 0:07, 12:40, 1:02:03."""
+    if ms is None:
+        return ""
+    seconds = max(0, int(ms // 1000))
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
+
+
+def size_label(size: int) -> str:
+    """500 MB, 1.5 GB, 200 KB: a limit as people write it."""
+    for unit, factor in (("GB", 1024**3), ("MB", 1024**2), ("KB", 1024)):
+        if size >= factor:
+            return f"{size / factor:.1f}".removesuffix(".0") + f" {unit}"
+    return f"{size} bytes"
+
+
+def visible_runs(request: HttpRequest) -> QuerySet[TranscriptRun]:
+    """Someone else's run is not found (404), as in the API; staff see every run."""
+    runs = TranscriptRun.objects.select_related("audio", "owner")
+    return runs if request.user.is_staff else runs.filter(owner_id=request.user.pk)
+
+
+def get_visible_run(request: HttpRequest, run_id: uuid.UUID) -> TranscriptRun:
+    run = visible_runs(request).filter(pk=run_id).first()
+    if run is None:
+        raise Http404("No such run.")
+    return run
+
+
+@dataclass
+class RunRow:
+    run: TranscriptRun
+    duration: str
 
 
 @login_required
 def upload_page(request: HttpRequest) -> HttpResponse:
-    runs = TranscriptRun.objects.select_related("audio").filter(owner_id=request.user.pk)
     return render(
         request,
         "transcription/upload.html",
         {
-            "runs": runs.order_by("-created_at")[:20],
             "models": settings.WHISPER_MODELS_ALLOWED,
             "default_model": settings.WHISPER_MODEL,
+            "max_upload_bytes": settings.MAX_UPLOAD_BYTES,
+            "max_upload_size": size_label(settings.MAX_UPLOAD_BYTES),
+        },
+    )
+
+
+@login_required
+def runs_page(request: HttpRequest) -> HttpResponse:
+    channel = ALL_RUNS_CHANNEL if request.user.is_staff else user_channel(request.user.pk)
+    last_event_id = current_event_id(channel)
+    page = Paginator(visible_runs(request).order_by("-created_at"), RUNS_PER_PAGE).get_page(
+        request.GET.get("page")
+    )
+    return render(
+        request,
+        "transcription/runs.html",
+        {
+            "page": page,
+            "rows": [RunRow(run, clock(run.audio.duration_ms)) for run in page],
+            "last_event_id": last_event_id,
+            "show_owner": request.user.is_staff,
         },
     )
 
 
 @login_required
 def run_page(request: HttpRequest, run_id: uuid.UUID) -> HttpResponse:
-    runs = TranscriptRun.objects.select_related("audio")
-    if not request.user.is_staff:
-        runs = runs.filter(owner_id=request.user.pk)
-    run = runs.filter(pk=run_id).first()
-    if run is None:
-        raise Http404("No such run.")
-    return render(request, "transcription/run.html", {"run": run})
+    last_event_id = current_event_id(run_channel(run_id))
+    run = get_visible_run(request, run_id)
+    segments = [
+        {
+            "id": segment.get("id", index),
+            "start": segment.get("start", 0),
+            "end": segment.get("end", 0),
+            "label": clock(float(segment.get("start", 0)) * 1000),
+            "text": str(segment.get("text", "")).strip(),
+        }
+        for index, segment in enumerate(run.segments or [])
+    ]
+    return render(
+        request,
+        "transcription/run.html",
+        {
+            "run": run,
+            "segments": segments,
+            "duration": clock(run.audio.duration_ms),
+            "last_event_id": last_event_id,
+            "progress": progress_object(run),
+            "active": run.status in (RunStatus.QUEUED, RunStatus.PROCESSING),
+            "formats": ["txt", "srt", "vtt", "json"],
+        },
+    )
+
+
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def byte_range(header: str, size: int) -> tuple[int, int] | None:
+    """The (first, last) bytes of a single `Range: bytes=…` request, None for the whole file.
+
+    Raises ValueError when the range cannot be satisfied (the answer is 416).
+    """
+    match = _RANGE.match(header.strip())
+    if match is None or size == 0:
+        return None  # absent, multi-range or odd: the whole file is a valid answer
+    first, last = match.groups()
+    if not first and not last:
+        return None
+    if not first:  # the last N bytes
+        length = int(last)
+        if length == 0:
+            raise ValueError("empty suffix range")
+        return max(0, size - length), size - 1
+    start = int(first)
+    end = min(int(last), size - 1) if last else size - 1
+    if start >= size or end < start:
+        raise ValueError("range outside the file")
+    return start, end
+
+
+async def _file_chunks(path: str, start: int, length: int) -> AsyncIterator[bytes]:
+    # An async iterator: under ASGI a sync one would be read whole into memory first.
+    read_in_thread = sync_to_async(lambda handle, n: handle.read(n), thread_sensitive=False)
+    with open(path, "rb") as handle:  # opening is instant; the reads run off the event loop
+        handle.seek(start)
+        remaining = length
+        while remaining > 0:
+            chunk = await read_in_thread(handle, min(AUDIO_CHUNK_BYTES, remaining))
+            if not chunk:
+                break
+            remaining -= len(chunk)
+            yield chunk
+
+
+@login_required
+def run_audio(request: HttpRequest, run_id: uuid.UUID) -> HttpResponseBase:
+    """The run's audio for the page's player, with byte ranges so that seeking works."""
+    audio = get_visible_run(request, run_id).audio
+    if audio.purged_at is not None:
+        return HttpResponseNotFound(
+            "The audio of this run was deleted by the retention policy; the transcript remains.",
+            content_type="text/plain; charset=utf-8",
+        )
+    if not audio.path.exists():
+        return HttpResponseNotFound(
+            "The audio file of this run is missing from storage.",
+            content_type="text/plain; charset=utf-8",
+        )
+    size = audio.path.stat().st_size
+    try:
+        wanted = byte_range(request.headers.get("Range", ""), size)
+    except ValueError:
+        refusal = HttpResponse(status=416)
+        refusal["Content-Range"] = f"bytes */{size}"
+        return refusal
+    start, end = wanted if wanted is not None else (0, size - 1)
+    response = StreamingHttpResponse(
+        _file_chunks(str(audio.path), start, end - start + 1),
+        status=206 if wanted is not None else 200,
+        content_type=audio.content_type or "application/octet-stream",
+    )
+    response["Content-Length"] = str(end - start + 1)
+    response["Accept-Ranges"] = "bytes"
+    if wanted is not None:
+        response["Content-Range"] = f"bytes {start}-{end}/{size}"
+    response["Cache-Control"] = "private, max-age=3600"
+    response["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def token_page(request: HttpRequest) -> HttpResponse:
+    """See, copy and regenerate the API token. Regenerating revokes the old one at once."""
+    user = cast(User, request.user)  # login_required: never anonymous
+    if request.method == "POST":
+        with transaction.atomic():
+            Token.objects.filter(user=user).delete()
+            Token.objects.create(user=user)
+        messages.success(request, "A new token was created. The old one no longer works.")
+        return redirect("account-token")
+    token = Token.objects.filter(user=user).first()
+    context: dict[str, Any] = {"token": token, "base_url": request.build_absolute_uri("/")[:-1]}
+    return render(request, "registration/token.html", context)

@@ -1,0 +1,594 @@
+"""The web pages: what a person sees in a browser, on real web and worker processes.
+
+The browser tests drive Debian's Chromium with Playwright (sync API) and are skipped when
+/usr/bin/chromium is missing. Playwright's sync API keeps an event loop running in the test's
+thread, and Django refuses ORM calls while one runs: so accounts are made before the browser
+starts, and the tests check the outcome through the HTTP API, as any client would.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import Client
+from django.utils import timezone
+from rest_framework.authtoken.models import Token
+
+from tests import conftest
+from tests.conftest import JFK, ROOT, Account, Processes, long_speech, make_account
+from transcription.models import Audio
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+requires_chromium = pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason="the browser tests need Chromium at /usr/bin/chromium (apt-get install chromium)",
+)
+SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
+DOCS = ROOT / "docs"
+JFK_WORDS = re.compile(r"ask not what your country can do for you", re.IGNORECASE)
+
+
+# --- The audio view and the token page (Django's test client, no browser) -----------------
+
+
+@pytest.fixture
+def alices_run(alice, jfk) -> str:  # type: ignore[no-untyped-def]
+    response = alice.client.post(
+        "/api/transcribe",
+        {"file": SimpleUploadedFile("jfk.flac", jfk.read_bytes()), "mode": "async"},
+        format="multipart",
+    )
+    assert response.status_code == 202, response.content
+    return str(response.json()["runId"])
+
+
+def logged_in(account: Account) -> Client:
+    client = Client()
+    client.force_login(account.user)  # type: ignore[arg-type]
+    return client
+
+
+def body_of(response: Any) -> bytes:
+    return b"".join(response) if response.streaming else bytes(response.content)
+
+
+@pytest.mark.django_db
+@pytest.mark.filterwarnings("ignore:StreamingHttpResponse must consume:Warning")
+def test_audio_is_served_to_its_owner_with_byte_ranges(alice, alices_run, jfk):
+    client = logged_in(alice)
+    whole = jfk.read_bytes()
+
+    response = client.get(f"/runs/{alices_run}/audio")
+    assert response.status_code == 200
+    assert response["Content-Type"] == "audio/flac"
+    assert response["Accept-Ranges"] == "bytes"
+    assert body_of(response) == whole
+
+    # The player seeks with ranges.
+    response = client.get(f"/runs/{alices_run}/audio", HTTP_RANGE="bytes=100-199")
+    assert response.status_code == 206
+    assert response["Content-Range"] == f"bytes 100-199/{len(whole)}"
+    assert body_of(response) == whole[100:200]
+
+    response = client.get(f"/runs/{alices_run}/audio", HTTP_RANGE="bytes=-10")
+    assert response.status_code == 206
+    assert body_of(response) == whole[-10:]
+
+    response = client.get(f"/runs/{alices_run}/audio", HTTP_RANGE=f"bytes={len(whole)}-")
+    assert response.status_code == 416
+    assert response["Content-Range"] == f"bytes */{len(whole)}"
+
+
+@pytest.mark.django_db
+def test_audio_of_someone_elses_run_is_not_found(bob, alices_run):
+    assert logged_in(bob).get(f"/runs/{alices_run}/audio").status_code == 404
+    assert logged_in(bob).get(f"/runs/{alices_run}/").status_code == 404
+
+
+@pytest.mark.django_db
+def test_audio_needs_a_login(alices_run):
+    response = Client().get(f"/runs/{alices_run}/audio")
+    assert response.status_code == 302
+    assert response["Location"].startswith("/accounts/login/")
+
+
+@pytest.mark.django_db
+def test_purged_audio_is_a_404_that_says_why(alice, alices_run):
+    Audio.objects.filter(runs__id=alices_run).update(purged_at=timezone.now())
+
+    response = logged_in(alice).get(f"/runs/{alices_run}/audio")
+
+    assert response.status_code == 404
+    assert "deleted by the retention policy" in response.content.decode()
+    # The transcript page says so instead of offering a player.
+    page = logged_in(alice).get(f"/runs/{alices_run}/").content.decode()
+    assert "<audio" not in page
+    assert "deleted by the retention policy" in page
+
+
+@pytest.mark.django_db
+def test_regenerating_the_token_revokes_the_old_one(alice):
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(alice.user)
+
+    page = client.get("/accounts/token/")
+    assert alice.token in page.content.decode()
+    assert client.post("/accounts/token/").status_code == 403  # no CSRF token: refused
+
+    csrf = page.cookies["csrftoken"].value
+    response = client.post("/accounts/token/", HTTP_X_CSRFTOKEN=csrf)
+    assert response.status_code == 302
+
+    new_key = Token.objects.get(user=alice.user).key
+    assert new_key != alice.token
+    assert new_key in client.get("/accounts/token/").content.decode()
+    assert not Token.objects.filter(key=alice.token).exists()
+
+
+# --- Browser tests --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def collected_static(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Static files collected once: a web process run with DEBUG off, as in production, serves
+    only what collectstatic gathered (whitenoise)."""
+    data_dir = tmp_path_factory.mktemp("static-data")
+    subprocess.run(
+        [sys.executable, "manage.py", "collectstatic", "--noinput", "--verbosity", "0"],
+        cwd=ROOT,
+        env={**os.environ, "DATA_DIR": str(data_dir), "DEBUG": "1"},
+        check=True,
+        timeout=300,
+    )
+    return data_dir / "staticfiles"
+
+
+@dataclass
+class UI:
+    base: str
+    account: Account
+    processes: Processes
+    page: Any
+    name: str
+    errors: list[str] = field(default_factory=list)
+    allowed: list[re.Pattern[str]] = field(default_factory=list)
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+    def login(self) -> None:
+        username = self.account.user.get_username()  # type: ignore[attr-defined]
+        self.page.goto(self.url("/"))
+        self.page.get_by_label("Username").fill(username)
+        self.page.get_by_label("Password").fill(f"{username}-password-1")
+        self.follow(self.page.get_by_role("button", name="Log in"), "/")
+        self.page.get_by_role("heading", name="Transcribe audio").wait_for()
+
+    def follow(self, target: Any, path: str) -> None:
+        """Click something that loads another page, and wait until that page has run its
+        scripts: elements are visible before the scripts at the end of the page are."""
+        target.click()
+        self.page.wait_for_url(re.compile(re.escape(self.url(path)) + r"$"), wait_until="load")
+
+    def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.account.token}"}
+        return httpx.request(method, self.url(path), headers=headers, timeout=30, **kwargs)
+
+    def submit(self, path: Path) -> dict[str, Any]:
+        with path.open("rb") as handle:
+            response = self.api(
+                "POST", "/api/transcribe", files={"file": handle}, data={"mode": "async"}
+            )
+        assert response.status_code == 202, response.text
+        return dict(response.json())
+
+    def allow_console_error(self, pattern: str) -> None:
+        self.allowed.append(re.compile(pattern))
+
+    def shot(self, label: str, *, docs: str | None = None) -> None:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        self.page.screenshot(path=SCREENSHOTS / f"{self.name}-{label}.png", full_page=True)
+        # The README's pictures are written when missing or asked for, not on every run: a
+        # test run should not leave changed images in the working tree.
+        if docs and (not (DOCS / docs).exists() or os.environ.get("UPDATE_DOCS_SCREENSHOTS")):
+            DOCS.mkdir(exist_ok=True)
+            self.page.screenshot(path=DOCS / docs, full_page=True)
+
+    def mark_page(self) -> None:
+        """A flag on the current document: it survives everything but a reload."""
+        self.page.evaluate("window.__notReloaded = true")
+
+    def assert_not_reloaded(self) -> None:
+        assert self.page.evaluate("window.__notReloaded === true"), "the page was reloaded"
+
+    def assert_no_console_errors(self) -> None:
+        unexpected = [e for e in self.errors if not any(p.search(e) for p in self.allowed)]
+        assert not unexpected, f"errors in the browser console: {unexpected}"
+
+
+@pytest.fixture
+def web_env() -> dict[str, str]:
+    return {}
+
+
+@pytest.fixture
+def ui(processes, collected_static, web_env, request) -> Iterator[UI]:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import sync_playwright
+
+    account = make_account("alice")  # before the browser: see the module docstring
+    (processes.data_dir / "staticfiles").symlink_to(collected_static, target_is_directory=True)
+    base = processes.web(**web_env)
+
+    playwright = sync_playwright().start()
+    try:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        context = browser.new_context(viewport={"width": 1200, "height": 860})
+        context.set_default_timeout(15_000)
+        page = context.new_page()
+        state = UI(base, account, processes, page, request.node.name)
+        page.on("console", lambda m: m.type == "error" and state.errors.append(m.text))
+        page.on("pageerror", lambda exc: state.errors.append(f"uncaught: {exc}"))
+        yield state
+        context.close()
+        browser.close()
+    finally:
+        playwright.stop()
+
+
+def upload_item(ui: UI, filename: str) -> Any:
+    return ui.page.locator("li.upload", has=ui.page.locator(".upload-name", has_text=filename))
+
+
+def no_horizontal_scroll(ui: UI) -> bool:
+    return bool(ui.page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"))
+
+
+@requires_chromium
+@pytest.mark.slow
+def test_upload_shows_upload_queue_and_live_progress_then_the_transcript(ui, tmp_path):
+    from playwright.sync_api import expect
+
+    page = ui.page
+    long_file = long_speech(tmp_path / "lecture.wav", repeats=8)  # ~95 s of speech
+    ui.login()
+    ui.mark_page()
+
+    page.set_input_files("#files", [str(JFK), str(long_file)])
+    jfk, lecture = upload_item(ui, "jfk.flac"), upload_item(ui, "lecture.wav")
+    expect(jfk.locator(".badge")).to_have_text("Ready")
+    # Every value the bar of jfk.flac takes, upload then transcription, as the page sets it.
+    jfk.locator(".bar").evaluate(
+        """bar => {
+            window.__jfkBar = [];
+            new MutationObserver(() => window.__jfkBar.push(
+                [bar.dataset.phase, Number(bar.getAttribute("aria-valuenow"))]
+            )).observe(bar, {attributes: true, attributeFilter: ["aria-valuenow"]});
+        }"""
+    )
+    page.get_by_role("button", name="Transcribe 2 files").click()
+
+    # No worker yet: both wait in the queue, in order.
+    expect(jfk.locator(".badge")).to_have_text("Queued", timeout=30_000)
+    expect(jfk.locator(".upload-detail")).to_contain_text("1st in line")
+    expect(lecture.locator(".badge")).to_have_text("Queued", timeout=30_000)
+    expect(lecture.locator(".upload-detail")).to_contain_text("2nd in line")
+    ui.shot("queued")
+
+    ui.processes.worker()
+
+    expect(jfk.locator(".bar")).to_have_attribute("aria-valuenow", "100", timeout=120_000)
+    expect(jfk.locator(".badge")).to_have_text("Done", timeout=30_000)
+    expect(jfk.locator(".upload-text")).to_have_text(JFK_WORDS)
+    bar = page.evaluate("window.__jfkBar")
+    upload = [value for phase, value in bar if phase == "upload"]
+    transcription = [value for phase, value in bar if phase == "transcribe"]
+    assert upload and upload[-1] == 100, bar
+    assert bar.index(["transcribe", transcription[0]]) > bar.index(["upload", 100]), bar
+    assert transcription == sorted(transcription) and transcription[-1] == 100, bar
+
+    # The second file, part-way through: the README's picture of the upload page.
+    page.wait_for_function(
+        """() => {
+            const item = [...document.querySelectorAll("li.upload")]
+                .find(li => li.textContent.includes("lecture.wav"));
+            const value = Number(item.querySelector(".bar").getAttribute("aria-valuenow"));
+            return item.dataset.state === "processing" && value >= 15 && value <= 90;
+        }""",
+        timeout=120_000,
+        polling=50,
+    )
+    expect(lecture.locator(".upload-detail")).to_contain_text("%")
+    ui.shot("processing", docs="upload-page.png")
+    expect(lecture.locator(".badge")).to_have_text("Done", timeout=180_000)
+    ui.assert_not_reloaded()
+    ui.shot("done")
+
+    # The transcript page: segments with timestamps, a player, downloads.
+    ui.follow(
+        jfk.get_by_role("link", name="Open the transcript of jfk.flac"),
+        jfk.get_by_role("link").get_attribute("href"),
+    )
+    expect(page.get_by_role("heading", name="jfk.flac")).to_be_visible()
+    segments = page.locator(".segment")
+    expect(segments.first).to_be_visible()
+    expect(page.locator("#segments")).to_contain_text(JFK_WORDS)
+    expect(page.locator("#run-badge")).to_have_text("Done")
+    page.wait_for_function("document.getElementById('audio').readyState >= 1", timeout=30_000)
+    last = segments.last
+    start = float(last.get_attribute("data-start") or 0)
+    last.click()
+    page.wait_for_function(
+        f"Math.abs(document.getElementById('audio').currentTime - {start}) < 1.5", timeout=10_000
+    )
+    page.evaluate("document.getElementById('audio').pause()")
+    with page.expect_download() as download:
+        page.get_by_role("link", name="srt").click()
+    srt = Path(download.value.path()).read_text()
+    assert "-->" in srt and JFK_WORDS.search(srt.replace("\n", " "))
+    ui.shot("transcript", docs="transcript-page.png")
+
+    # A narrow window: nothing runs off the side.
+    page.set_viewport_size({"width": 380, "height": 800})
+    assert no_horizontal_scroll(ui)
+    ui.shot("transcript-narrow")
+    page.goto(ui.url("/runs/"))
+    expect(page.locator("tr[data-run-id]")).to_have_count(2)
+    assert no_horizontal_scroll(ui)
+    ui.shot("runs-narrow")
+    page.goto(ui.url("/"))
+    page.set_input_files("#files", str(JFK))
+    expect(upload_item(ui, "jfk.flac").locator(".badge")).to_have_text("Ready")
+    assert no_horizontal_scroll(ui)
+    ui.shot("upload-narrow")
+    ui.assert_no_console_errors()
+
+
+@requires_chromium
+@pytest.mark.slow
+def test_a_failed_run_shows_its_error_and_can_be_retried(ui):
+    from playwright.sync_api import expect
+
+    page = ui.page
+    run = ui.submit(JFK)
+    # The stored audio disappears before a worker gets to it: a failure no retry can fix.
+    (stored,) = (ui.processes.data_dir / "uploads").iterdir()
+    stored.unlink()
+    ui.allow_console_error(r"status of 404")  # the player asks for the missing audio
+    ui.login()
+    page.goto(ui.url(f"/runs/{run['runId']}/"))
+    expect(page.locator("#run-badge")).to_have_text("Queued")
+    expect(page.get_by_text("The audio cannot be played here.")).to_be_visible()
+
+    ui.processes.worker()
+
+    expect(page.locator("#run-badge")).to_have_text("Failed", timeout=60_000)
+    expect(page.locator("#run-error")).to_have_text("The audio file is no longer stored.")
+    expect(page.get_by_role("button", name="Cancel")).to_be_hidden()
+    expect(page.locator("#downloads")).to_be_hidden()
+    ui.shot("failed")
+
+    page.get_by_role("button", name="Retry").click()
+    expect(page.locator("#run-error")).to_be_hidden()
+    # Queued again, then failed again: the page follows the retried run live.
+    expect(page.locator("#run-badge")).to_have_text("Failed", timeout=60_000)
+    expect(page.locator("#run-error")).to_have_text("The audio file is no longer stored.")
+    jobs = ui.api("GET", f"/api/runs/{run['runId']}").json()["jobs"]
+    assert len(jobs) == 2
+    ui.assert_no_console_errors()
+
+
+@requires_chromium
+@pytest.mark.slow
+def test_transcript_page_grows_live_and_catches_up_after_the_server_restarts(
+    ui, tmp_path, monkeypatch
+):
+    from playwright.sync_api import expect
+
+    page = ui.page
+    run = ui.submit(long_speech(tmp_path / "interview.wav", repeats=8))
+    ui.login()
+    page.goto(ui.url(f"/runs/{run['runId']}/"))
+    ui.mark_page()
+    expect(page.locator("#run-badge")).to_have_text("Queued")
+    expect(page.locator("#run-detail")).to_contain_text("1st in line")
+
+    ui.processes.worker()
+    # Segments appear while the run is still being transcribed.
+    page.wait_for_function(
+        """() => document.querySelectorAll(".segment").length > 0
+              && document.getElementById("run").dataset.status === "processing" """,
+        timeout=120_000,
+        polling=50,
+    )
+    ui.shot("growing")
+
+    # The web server goes away mid-run; the worker carries on and finishes without it. A
+    # second server, started first so that it cannot take the first one's port, answers the
+    # API meanwhile.
+    web_process = ui.processes.started[0][0]
+    port = int(ui.base.rsplit(":", 1)[1])
+    helper = ui.processes.web()
+    ui.allow_console_error(r"ERR_CONNECTION_REFUSED|ERR_EMPTY_RESPONSE|ERR_INCOMPLETE_CHUNKED")
+    ui.processes.stop(web_process)
+    expect(page.locator("#connection")).to_contain_text("reconnecting", timeout=30_000)
+    final = wait_for_run(helper, ui.account.token, run["runId"], "succeeded")
+
+    # Back on the same address: the page reconnects with Last-Event-ID and catches up.
+    monkeypatch.setattr(conftest, "free_port", lambda: port)
+    ui.processes.web()
+    expect(page.locator("#run-badge")).to_have_text("Done", timeout=60_000)
+    expect(page.locator("#connection")).to_be_hidden()
+    expect(page.locator("#downloads")).to_be_visible()
+    expect(page.locator(".segment")).to_have_count(len(final["segments"]))
+    ui.assert_not_reloaded()
+    ui.shot("caught-up")
+    ui.assert_no_console_errors()
+
+
+def wait_for_run(base: str, token: str, run_id: str, status: str) -> dict[str, Any]:
+    def finished() -> dict[str, Any] | None:
+        response = httpx.get(
+            f"{base}/api/runs/{run_id}", headers={"Authorization": f"Bearer {token}"}, timeout=10
+        )
+        run = dict(response.json())
+        return run if run["status"] == status else None
+
+    return conftest.wait_until(finished, 180, f"run {run_id} to be {status}")  # type: ignore[return-value]
+
+
+@requires_chromium
+@pytest.mark.slow
+def test_cancel_a_queued_run_from_the_page_and_retry_it(ui):
+    from playwright.sync_api import expect
+
+    page = ui.page
+    ui.login()
+    page.set_input_files("#files", str(JFK))
+    page.get_by_role("button", name="Transcribe").click()
+    item = upload_item(ui, "jfk.flac")
+    expect(item.locator(".badge")).to_have_text("Queued", timeout=30_000)
+
+    item.get_by_role("button", name="Cancel jfk.flac").click()
+
+    expect(item.locator(".badge")).to_have_text("Cancelled")
+    expect(item.get_by_role("button", name="Cancel jfk.flac")).to_be_hidden()
+    run_id = item.get_by_role("link").get_attribute("href").split("/")[2]
+    assert ui.api("GET", f"/api/runs/{run_id}").json()["status"] == "cancelled"
+    ui.shot("upload-cancelled")
+
+    # The transcript page offers a retry, which queues it again; cancel it there too.
+    ui.follow(item.get_by_role("link"), f"/runs/{run_id}/")
+    expect(page.locator("#run-badge")).to_have_text("Cancelled")
+    page.get_by_role("button", name="Retry").click()
+    expect(page.locator("#run-badge")).to_have_text("Queued")
+    expect(page.locator("#run-detail")).to_contain_text("1st in line")
+    assert ui.api("GET", f"/api/runs/{run_id}").json()["status"] == "queued"
+    page.get_by_role("button", name="Cancel").click()
+    expect(page.locator("#run-badge")).to_have_text("Cancelled")
+    assert ui.api("GET", f"/api/runs/{run_id}").json()["status"] == "cancelled"
+    ui.shot("run-cancelled")
+    ui.assert_no_console_errors()
+
+
+@requires_chromium
+@pytest.mark.slow
+@pytest.mark.parametrize("web_env", [{"MAX_UPLOAD_BYTES": "200000"}])
+def test_files_that_cannot_be_transcribed_show_why_next_to_them(ui):
+    from playwright.sync_api import expect
+
+    page = ui.page
+    ui.login()
+    # The server answers 415 for the text file, and the browser logs that refused request.
+    ui.allow_console_error(r"status of 415")
+    # One file dropped on the drop zone, one chosen (1.1 MB: above what this server takes).
+    page.locator("#dropzone").evaluate(
+        """zone => {
+            const files = new DataTransfer();
+            files.items.add(new File(["Shopping list: milk."], "notes.txt", {type: "text/plain"}));
+            zone.dispatchEvent(new DragEvent("drop", {dataTransfer: files, bubbles: true}));
+        }"""
+    )
+    page.set_input_files("#files", str(JFK))
+    notes, jfk = upload_item(ui, "notes.txt"), upload_item(ui, "jfk.flac")
+    expect(notes.locator(".badge")).to_have_text("Ready")
+    expect(jfk.locator(".upload-error")).to_have_text(re.compile(r"too large.*limit is 195 KB"))
+    page.get_by_role("button", name="Transcribe").click()
+
+    error = notes.get_by_role("alert")
+    expect(error).to_contain_text("not audio that LingoLoop can read", timeout=30_000)
+    expect(notes.locator(".badge")).to_have_text("Not uploaded")
+    expect(notes.locator(".bar")).to_be_hidden()
+    assert ui.api("GET", "/api/runs").json()["count"] == 0
+    ui.shot("errors")
+    ui.assert_no_console_errors()
+
+
+@requires_chromium
+@pytest.mark.slow
+def test_runs_page_shows_new_and_finished_runs_without_a_reload(ui):
+    from playwright.sync_api import expect
+
+    page = ui.page
+    ui.login()
+    ui.follow(page.get_by_role("link", name="Runs", exact=True), "/runs/")
+    expect(page.get_by_text("No runs yet.")).to_be_visible()
+    ui.mark_page()
+
+    run = ui.submit(JFK)
+    row = page.locator(f'tr[data-run-id="{run["runId"]}"]')
+    expect(row.locator(".badge")).to_have_text("Queued", timeout=15_000)
+    expect(row).to_contain_text("jfk.flac")
+    expect(row).to_contain_text("0:11")
+    expect(page.get_by_text("No runs yet.")).to_be_hidden()
+
+    assert ui.api("POST", f"/api/runs/{run['runId']}/cancel").status_code == 200
+    expect(row.locator(".badge")).to_have_text("Cancelled", timeout=15_000)
+    ui.assert_not_reloaded()
+    ui.shot("runs")
+
+    # What a reload shows agrees.
+    page.reload()
+    expect(page.locator(f'tr[data-run-id="{run["runId"]}"] .badge')).to_have_text("Cancelled")
+    ui.assert_no_console_errors()
+
+
+@requires_chromium
+@pytest.mark.slow
+def test_log_in_see_and_regenerate_the_token_and_log_out(ui):
+    from playwright.sync_api import expect
+
+    page = ui.page
+    page.goto(ui.url("/runs/"))
+    expect(page).to_have_url(re.compile(r"/accounts/login/\?next=/runs/"))
+    page.get_by_label("Username").fill("alice")
+    page.get_by_label("Password").fill("not-her-password")
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("alert")).to_contain_text("do not match")
+    ui.shot("login-error")
+
+    page.get_by_label("Password").fill("alice-password-1")
+    ui.follow(page.get_by_role("button", name="Log in"), "/runs/")
+    expect(page.get_by_role("heading", name="Runs")).to_be_visible()  # back where she was going
+
+    ui.follow(page.get_by_role("link", name="API token"), "/accounts/token/")
+    token_field = page.get_by_label("API token", exact=True)
+    expect(token_field).to_have_attribute("type", "password")
+    page.get_by_role("button", name="Show").click()
+    expect(token_field).to_have_attribute("type", "text")
+    expect(token_field).to_have_value(ui.account.token)
+    ui.shot("token")
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Regenerate token").click()
+    expect(page.get_by_text("A new token was created")).to_be_visible()
+    new_token = page.get_by_label("API token", exact=True).input_value()
+    assert new_token and new_token != ui.account.token
+    assert ui.api("GET", "/api/runs").status_code == 401
+    ui.account.token = new_token
+    assert ui.api("GET", "/api/runs").status_code == 200
+
+    page.get_by_role("button", name="Log out").click()
+    expect(page.get_by_role("heading", name="Log in")).to_be_visible()
+    page.goto(ui.url("/"))
+    expect(page).to_have_url(re.compile(r"/accounts/login/"))
+    ui.assert_no_console_errors()
