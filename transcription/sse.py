@@ -34,6 +34,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connections
+from django_eventstream import views as eventstream_views
 from django_eventstream.storage import DjangoModelStorage, EventDoesNotExist
 from django_eventstream.views import Listener, get_listener_manager
 
@@ -42,6 +43,11 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _storage = DjangoModelStorage()
+
+# django-eventstream queues at most MAX_PENDING events per listener between two wake-ups and
+# marks it overflowed past that, which costs the stream a database read. 10 is less than a
+# burst (queue positions announced to a user channel), so allow more.
+eventstream_views.MAX_PENDING = 200
 
 # The pub/sub channel every web process subscribes to (django-eventstream's name for it).
 REDIS_PUBSUB_CHANNEL = "events_channel"
@@ -104,8 +110,15 @@ def send(channel: str, event_type: str, data: dict[str, Any]) -> int:
         channel, event_type, text, stored.id
     ):
         return int(stored.id)
-    get_listener_manager().add_to_queues(channel, stored)
+    dispatch(channel, stored)
     return int(stored.id)
+
+
+def dispatch(channel: str, event: Any) -> None:
+    """Hand an event to this process's listeners, and tell the poller it has been delivered,
+    so the poller never sends it again (which would overflow every listener's queue)."""
+    poller.delivered(channel, int(event.id))
+    get_listener_manager().add_to_queues(channel, event)
 
 
 async def db_call(fn: Callable[..., T], *args: Any) -> T:
@@ -252,7 +265,7 @@ class RedisSubscriber:
                         event = Event(
                             item["channel"], item["event_type"], item["data"], id=item["pub_id"]
                         )
-                        get_listener_manager().add_to_queues(item["channel"], event)
+                        dispatch(item["channel"], event)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -284,6 +297,11 @@ class DatabasePoller:
         subscriber.ensure_running()
         if self.task is None or self.task.done():
             self.task = asyncio.get_running_loop().create_task(self.run())
+
+    def delivered(self, channel: str, event_id: int) -> None:
+        """Another path (Redis, this process) delivered `event_id`: poll from after it."""
+        if channel in self.known:
+            self.known[channel] = max(self.known[channel], event_id)
 
     def unwatch(self, channel: str) -> None:
         count = self.watchers.get(channel, 0) - 1
