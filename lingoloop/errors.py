@@ -9,7 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.http import Http404
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views.defaults import page_not_found
+from django.views.defaults import server_error as django_server_error
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
@@ -88,3 +90,21 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         message = str(exc.detail) if isinstance(exc.detail, str) else str(exc)
     response.data = ApiError(code, message, field=field).as_dict()
     return response
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """`handler404`: a URL that matches no route (a run id that is not a UUID, say) answers
+    the API's error shape under /api/, and Django's page elsewhere."""
+    if request.path.startswith("/api/"):
+        return JsonResponse(
+            ApiError("not_found", "No such resource.", status_code=404).as_dict(), status=404
+        )
+    return page_not_found(request, exception or Http404())
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    """`handler500`: the API's error shape under /api/, Django's page elsewhere."""
+    if request.path.startswith("/api/"):
+        error = ApiError("server_error", "Something went wrong on our side.", status_code=500)
+        return JsonResponse(error.as_dict(), status=500)
+    return django_server_error(request)

@@ -240,6 +240,25 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Operations name their tags; these say what the tags are.
+    "TAGS": [
+        {"name": "auth", "description": "The API token."},
+        {"name": "runs", "description": "Uploads, runs, transcripts and their live events."},
+        {"name": "queue", "description": "Queue statistics, health and worker control."},
+    ],
+    # Fields of one name with different choices: `mode` (asked for, got) and `status` (of a
+    # run or job, of the service's health).
+    "ENUM_NAME_OVERRIDES": {
+        "RequestedModeEnum": ["auto", "sync", "async"],
+        "RunModeEnum": "transcription.models.RunMode",
+        "StatusEnum": "transcription.models.RunStatus",
+        "HealthStatusEnum": ["ok", "degraded", "error"],
+    },
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        # The two SSE endpoints are plain async Django views: described by hand.
+        "transcription.schema.add_event_streams",
+    ],
 }
 
 # --- Uploads and transcription ------------------------------------------------------------

@@ -14,3 +14,6 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("", include(web_urls)),
 ]
+
+handler404 = "lingoloop.errors.not_found"
+handler500 = "lingoloop.errors.server_error"

@@ -7,6 +7,7 @@ from typing import Any
 from django.db import connection
 from django.db.models import Count, Min
 from django.utils import timezone
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.permissions import AllowAny, IsAdminUser
 from rest_framework.request import Request
@@ -14,7 +15,14 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from lingoloop.errors import ApiError
+from lingoloop.openapi import error_responses
 from tasks_admin.models import Job, JobStatus, Worker, WorkerState
+from tasks_admin.schema import (
+    HealthSerializer,
+    StatsSerializer,
+    WorkersSerializer,
+    WorkerTargetSerializer,
+)
 
 
 def _iso(value: Any) -> str | None:
@@ -49,6 +57,14 @@ def workers_alive() -> int:
     return sum(1 for worker in Worker.objects.all() if worker.is_alive)
 
 
+_WORKER_ID = OpenApiParameter(
+    "workerId", str, description="Just this worker cluster; all of them when left out."
+)
+_CONTROL_ERRORS = error_responses(
+    400, 401, 403, 404, 415, e400="A malformed body.", e404="No worker with this workerId."
+)
+
+
 class WorkerControlView(APIView):
     """GET: every worker cluster. POST: resume. DELETE: pause (`?workerId=` for just one)."""
 
@@ -56,8 +72,13 @@ class WorkerControlView(APIView):
 
     def _targets(self, request: Request) -> Any:
         workers = Worker.objects.order_by("started_at")
-        body = request.data if isinstance(request.data, dict) else {}
+        # A malformed target is refused, never read as "every worker".
+        body = request.data
+        if not isinstance(body, dict):
+            raise ApiError("invalid", 'The body must be an object, e.g. {"workerId": "…"}.')
         wanted = request.query_params.get("workerId") or body.get("workerId")
+        if wanted is not None and not isinstance(wanted, str):
+            raise ApiError("invalid", "workerId must be a string.", field="workerId")
         if wanted:
             workers = workers.filter(pk=wanted)
             if not workers.exists():
@@ -68,19 +89,47 @@ class WorkerControlView(APIView):
         workers = Worker.objects.order_by("started_at")
         return Response({"workers": [worker_status(w) for w in workers]})
 
+    @extend_schema(
+        operation_id="getWorkers",
+        tags=["queue"],
+        description="Staff only: every worker cluster and the jobs it runs.",
+        responses={200: WorkersSerializer, **error_responses(401, 403)},
+    )
     def get(self, request: Request) -> Response:
         return self._answer()
 
+    @extend_schema(
+        operation_id="resumeWorkers",
+        tags=["queue"],
+        description="Staff only: paused worker clusters claim jobs again.",
+        parameters=[_WORKER_ID],
+        request={"application/json": WorkerTargetSerializer},
+        responses={200: WorkersSerializer, **_CONTROL_ERRORS},
+    )
     def post(self, request: Request) -> Response:
         self._targets(request).filter(state=WorkerState.PAUSED).update(state=WorkerState.RUNNING)
         return self._answer()
 
+    @extend_schema(
+        operation_id="pauseWorkers",
+        tags=["queue"],
+        description="Staff only: worker clusters finish what they run and claim nothing new.",
+        parameters=[_WORKER_ID],
+        request=None,
+        responses={200: WorkersSerializer, **_CONTROL_ERRORS},
+    )
     def delete(self, request: Request) -> Response:
         self._targets(request).filter(state=WorkerState.RUNNING).update(state=WorkerState.PAUSED)
         return self._answer()
 
 
 class StatsView(APIView):
+    @extend_schema(
+        operation_id="getStats",
+        tags=["queue"],
+        description="Jobs by status, queue depth, age of the oldest queued job, live workers.",
+        responses={200: StatsSerializer, **error_responses(401)},
+    )
     def get(self, request: Request) -> Response:
         counts = dict(Job.objects.values_list("status").annotate(n=Count("id")))
         oldest = Job.objects.waiting().aggregate(oldest=Min("created_at"))["oldest"]
@@ -100,6 +149,15 @@ class HealthView(APIView):
     authentication_classes: list[Any] = []
     permission_classes = [AllowAny]
 
+    @extend_schema(
+        operation_id="getHealth",
+        tags=["queue"],
+        description="Database and worker liveness; no credentials needed.",
+        responses={
+            200: HealthSerializer,
+            503: OpenApiResponse(HealthSerializer, "The database does not answer."),
+        },
+    )
     def get(self, request: Request) -> Response:
         try:
             with connection.cursor() as cursor:

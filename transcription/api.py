@@ -3,26 +3,39 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 from django.contrib.auth import authenticate
 from django.db.models import QuerySet
 from django.http import HttpResponse
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.authtoken.models import Token
+from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.permissions import AllowAny
+from rest_framework.renderers import BaseRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.throttling import UserRateThrottle
 from rest_framework.views import APIView
 
 from lingoloop.errors import ApiError
+from lingoloop.openapi import error_responses
 from transcription import services
 from transcription.events import progress_object, run_representation
 from transcription.exports import CONTENT_TYPES, RENDERERS
 from transcription.models import RunStatus, TranscriptRun
+from transcription.schema import (
+    ProgressSerializer,
+    RunPageSerializer,
+    RunSerializer,
+    SubmitRequestSerializer,
+    TokenAnswerSerializer,
+    TranscriptJsonSerializer,
+)
 from transcription.serializers import SubmitSerializer, TokenRequestSerializer
 
 
@@ -45,7 +58,15 @@ class TokenView(APIView):
     authentication_classes: list[Any] = []
     permission_classes = [AllowAny]
 
-    @extend_schema(request=TokenRequestSerializer, responses={200: dict})
+    @extend_schema(
+        operation_id="obtainToken",
+        tags=["auth"],
+        request=TokenRequestSerializer,
+        responses={
+            200: TokenAnswerSerializer,
+            **error_responses(400, 415, e400="Missing fields, or a wrong username or password."),
+        },
+    )
     def post(self, request: Request) -> Response:
         serializer = TokenRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -70,7 +91,50 @@ class TranscribeView(APIView):
     throttle_classes = [UploadRateThrottle]
 
     @extend_schema(
-        request={"multipart/form-data": SubmitSerializer}, responses={201: dict, 202: dict}
+        operation_id="transcribe",
+        tags=["runs"],
+        request={"multipart/form-data": SubmitRequestSerializer},
+        parameters=[
+            OpenApiParameter(
+                "Location",
+                str,
+                OpenApiParameter.HEADER,
+                required=True,
+                response=[202],
+                description="The queued run: `/api/runs/{runId}`.",
+            ),
+            OpenApiParameter(
+                "Retry-After",
+                int,
+                OpenApiParameter.HEADER,
+                response=[429],
+                description="Seconds to wait before uploading again.",
+            ),
+            OpenApiParameter(
+                "Idempotency-Key",
+                {"type": "string", "maxLength": 200},
+                OpenApiParameter.HEADER,
+                description="The same key from the same user returns the run it first "
+                "created (200) instead of a new one.",
+            ),
+        ],
+        responses={
+            200: OpenApiResponse(RunSerializer, "The run this Idempotency-Key created before."),
+            201: OpenApiResponse(RunSerializer, "Transcribed at once (sync): the finished run."),
+            202: OpenApiResponse(
+                RunSerializer, "Queued (async): `Location` names the run; follow its events."
+            ),
+            **error_responses(
+                400,
+                401,
+                403,
+                413,
+                415,
+                422,
+                429,
+                e415="The file is not audio, or the body is not multipart/form-data.",
+            ),
+        },
     )
     def post(self, request: Request) -> Response:
         if len(request.FILES.getlist("file")) > 1:
@@ -99,6 +163,18 @@ def status_for(run: TranscriptRun, created: bool) -> int:
 
 
 class RunListView(APIView):
+    @extend_schema(
+        operation_id="listRuns",
+        tags=["runs"],
+        parameters=[
+            OpenApiParameter("status", str, enum=RunStatus.values, description="Only these."),
+            OpenApiParameter(
+                "limit", int, description="Page size (default 50); an unusable value means 50."
+            ),
+            OpenApiParameter("offset", int, description="Runs to skip; an unusable value means 0."),
+        ],
+        responses={200: RunPageSerializer, **error_responses(400, 401)},
+    )
     def get(self, request: Request) -> Response:
         runs = runs_visible_to(request).order_by("-created_at")
         wanted = request.query_params.get("status")
@@ -116,32 +192,108 @@ class RunListView(APIView):
 
 
 class RunDetailView(APIView):
+    @extend_schema(
+        operation_id="getRun",
+        tags=["runs"],
+        responses={200: RunSerializer, **error_responses(401, 404)},
+    )
     def get(self, request: Request, run_id: uuid.UUID) -> Response:
         return Response(run_representation(get_run(request, run_id)))
 
+    @extend_schema(
+        operation_id="deleteRun",
+        tags=["runs"],
+        description="A finished run and, once no other run uses it, its audio.",
+        responses={
+            204: None,
+            **error_responses(401, 403, 404, 409, e409="The run is still queued or processing."),
+        },
+    )
     def delete(self, request: Request, run_id: uuid.UUID) -> Response:
         services.run_delete(run=get_run(request, run_id))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class RunProgressView(APIView):
+    @extend_schema(
+        operation_id="getRunProgress",
+        tags=["runs"],
+        description="The progress object: the polling fallback to the event stream.",
+        responses={200: ProgressSerializer, **error_responses(401, 404)},
+    )
     def get(self, request: Request, run_id: uuid.UUID) -> Response:
         return Response(progress_object(get_run(request, run_id)))
 
 
 class RunCancelView(APIView):
+    @extend_schema(
+        operation_id="cancelRun",
+        tags=["runs"],
+        description="Queued: cancelled at once. Processing: stops at the next segment.",
+        request=None,
+        responses={
+            200: RunSerializer,
+            **error_responses(401, 403, 404, 409, e409="The run has already finished."),
+        },
+    )
     def post(self, request: Request, run_id: uuid.UUID) -> Response:
         run = services.run_cancel(run=get_run(request, run_id))
         return Response(run_representation(run))
 
 
 class RunRetryView(APIView):
+    @extend_schema(
+        operation_id="retryRun",
+        tags=["runs"],
+        description="A failed or cancelled run queued again, with fresh attempts.",
+        request=None,
+        responses={
+            202: RunSerializer,
+            **error_responses(
+                401,
+                403,
+                404,
+                409,
+                e409="The run is not failed or cancelled, or its audio was purged.",
+            ),
+        },
+    )
     def post(self, request: Request, run_id: uuid.UUID) -> Response:
         run = services.run_retry(run=get_run(request, run_id))
         return Response(run_representation(run), status=status.HTTP_202_ACCEPTED)
 
 
+class FormatParameterNegotiation(DefaultContentNegotiation):
+    """`?format=` picks the transcript's type, not `Accept`: a client that accepts only
+    `text/vtt` gets its VTT file, not a 406. Refusals are JSON whatever it accepts."""
+
+    def select_renderer(
+        self, request: Request, renderers: Iterable[BaseRenderer], format_suffix: str | None = None
+    ) -> tuple[BaseRenderer, str]:
+        renderer = next(iter(renderers))  # JSONRenderer: the API renders nothing else
+        return renderer, renderer.media_type
+
+
 class RunTranscriptView(APIView):
+    content_negotiation_class = FormatParameterNegotiation
+
+    @extend_schema(
+        operation_id="getRunTranscript",
+        tags=["runs"],
+        description="The transcript of a succeeded run as a file (`Content-Disposition: "
+        "attachment`).",
+        parameters=[
+            OpenApiParameter("format", str, enum=list(RENDERERS), default="txt"),
+        ],
+        responses={
+            (200, "text/plain"): OpenApiResponse(OpenApiTypes.STR, "The transcript file."),
+            (200, "application/x-subrip"): OpenApiTypes.STR,
+            (200, "text/vtt"): OpenApiTypes.STR,
+            (200, "text/tab-separated-values"): OpenApiTypes.STR,
+            (200, "application/json"): TranscriptJsonSerializer,
+            **error_responses(400, 401, 404, 409, e409="The run has not succeeded."),
+        },
+    )
     def get(self, request: Request, run_id: uuid.UUID) -> HttpResponse:
         run = get_run(request, run_id)
         fmt = request.query_params.get("format", "txt")

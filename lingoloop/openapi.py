@@ -1,0 +1,65 @@
+"""OpenAPI documentation shared by both apps: the auth scheme and the one error shape.
+
+Nothing here changes what the API does; drf-spectacular reads it to describe it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.utils import OpenApiResponse
+from rest_framework import serializers
+
+
+class BearerTokenScheme(OpenApiAuthenticationExtension):
+    """lingoloop.auth.BearerTokenAuthentication as the `bearerAuth` security scheme."""
+
+    target_class = "lingoloop.auth.BearerTokenAuthentication"
+    name = "bearerAuth"
+
+    def get_security_definition(self, auto_schema: Any) -> dict[str, Any]:
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "description": (
+                "The API token from `POST /api/auth/token`, sent as "
+                "`Authorization: Bearer <token>` (`Token <token>` is accepted too)."
+            ),
+        }
+
+
+class ErrorDetailSerializer(serializers.Serializer):
+    code = serializers.CharField(help_text="Machine-readable, e.g. `not_found`, `not_audio`.")
+    message = serializers.CharField(help_text="A sentence for people.")
+    field = serializers.CharField(allow_null=True, help_text="The request field at fault, or null.")
+
+
+class ErrorSerializer(serializers.Serializer):
+    """Every refusal of the API: `{"error": {"code", "message", "field"}}`."""
+
+    error = ErrorDetailSerializer()
+
+
+_ERROR_DESCRIPTIONS = {
+    400: "The request is invalid (a field, a query parameter or the body).",
+    401: "No credentials, or wrong ones (`WWW-Authenticate: Bearer`).",
+    403: "Not allowed: staff only, or a session request without its CSRF token.",
+    404: "No such object, or not yours.",
+    409: "The object's state does not allow this.",
+    413: "The upload is larger than MAX_UPLOAD_BYTES.",
+    415: "The body's media type is not accepted.",
+    422: "The audio cannot be used: no audio stream, no length, too long or undecodable.",
+    429: "Too many requests: see `Retry-After`.",
+}
+
+
+def error_responses(*codes: int, **descriptions: str) -> dict[int, OpenApiResponse]:
+    """`{status: error response}` for `@extend_schema(responses=…)`; `descriptions` keyed
+    `e409="…"` replace the generic wording of one status."""
+    return {
+        code: OpenApiResponse(
+            ErrorSerializer, description=descriptions.get(f"e{code}", _ERROR_DESCRIPTIONS[code])
+        )
+        for code in codes
+    }
