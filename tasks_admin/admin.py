@@ -63,13 +63,9 @@ def _report(
 
 
 def set_worker_state(workers: QuerySet[Worker], state: str) -> int:
-    """Pause (state paused) or resume (state running) clusters, as WorkerControlView does.
-
-    Only a running cluster can be paused and only a paused one resumed: a stopping cluster is
-    on its way out and must not be brought back.
-    """
-    expected = WorkerState.RUNNING if state == WorkerState.PAUSED else WorkerState.PAUSED
-    return workers.filter(state=expected).update(state=state)
+    """Pause (state paused) or resume (state running) clusters, as the worker API does."""
+    chosen = Worker.objects.filter(pk__in=workers.values("pk"))
+    return chosen.pause() if state == WorkerState.PAUSED else chosen.resume()
 
 
 @admin.register(Job)

@@ -16,7 +16,7 @@ from rest_framework.views import APIView
 
 from lingoloop.errors import ApiError
 from lingoloop.openapi import error_responses
-from tasks_admin.models import Job, JobStatus, Worker, WorkerState
+from tasks_admin.models import Job, JobStatus, Worker
 from tasks_admin.schema import (
     HealthSerializer,
     StatsSerializer,
@@ -107,7 +107,7 @@ class WorkerControlView(APIView):
         responses={200: WorkersSerializer, **_CONTROL_ERRORS},
     )
     def post(self, request: Request) -> Response:
-        self._targets(request).filter(state=WorkerState.PAUSED).update(state=WorkerState.RUNNING)
+        self._targets(request).resume()
         return self._answer()
 
     @extend_schema(
@@ -119,7 +119,7 @@ class WorkerControlView(APIView):
         responses={200: WorkersSerializer, **_CONTROL_ERRORS},
     )
     def delete(self, request: Request) -> Response:
-        self._targets(request).filter(state=WorkerState.RUNNING).update(state=WorkerState.PAUSED)
+        self._targets(request).pause()
         return self._answer()
 
 

@@ -172,6 +172,15 @@ class WorkerState(models.TextChoices):
     STOPPING = "stopping"
 
 
+class WorkerQuerySet(models.QuerySet["Worker"]):
+    def pause(self) -> int:
+        """Running clusters stop claiming; a stopping one is on its way out and stays so."""
+        return self.filter(state=WorkerState.RUNNING).update(state=WorkerState.PAUSED)
+
+    def resume(self) -> int:
+        return self.filter(state=WorkerState.PAUSED).update(state=WorkerState.RUNNING)
+
+
 class Worker(models.Model):
     """One `manage.py worker` cluster: its master process beats `last_seen` every few seconds.
 
@@ -190,6 +199,8 @@ class Worker(models.Model):
     last_seen = models.DateTimeField(default=timezone.now)
     stop_deadline = models.DateTimeField(null=True, blank=True)
     jobs_done = models.PositiveIntegerField(default=0)
+
+    objects = WorkerQuerySet.as_manager()
 
     class Meta:
         db_table = "worker"
