@@ -64,3 +64,16 @@ def test_minimum_is_enforced(monkeypatch):
 
     with pytest.raises(ImproperlyConfigured, match="X_INT='0' must be at least 1"):
         env_int("X_INT", 5, minimum=1)
+
+
+def test_models_and_migrations_agree(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "manage.py", "makemigrations", "--check", "--dry-run"],
+        cwd=ROOT,
+        env={**os.environ, "DATA_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
