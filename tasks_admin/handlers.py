@@ -6,13 +6,17 @@ The queue knows nothing about what a job does. An app registers a handler for it
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from tasks_admin.models import Job
+
+logger = logging.getLogger(__name__)
 
 
 class PermanentError(Exception):
@@ -96,6 +100,23 @@ def register(handler: JobHandler, *, every: timedelta | None = None) -> None:
 
 def periodic_job_types() -> dict[str, timedelta]:
     return dict(_periodic)
+
+
+_housekeeping: list[Callable[[], object]] = []
+
+
+def register_housekeeping(task: Callable[[], object]) -> None:
+    """A small, idempotent chore every worker cluster runs every few seconds (for example,
+    finishing what a killed process left half-done)."""
+    _housekeeping.append(task)
+
+
+def run_housekeeping() -> None:
+    for task in _housekeeping:
+        try:
+            task()
+        except Exception:
+            logger.exception("housekeeping %s failed", getattr(task, "__name__", task))
 
 
 def get_handler(job_type: str) -> JobHandler:

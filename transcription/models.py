@@ -189,3 +189,26 @@ class TranscriptRun(models.Model):
         speed = audio_ms / wall_ms if audio_ms and wall_ms > 0 else None
         cls._speed_cache = (time.monotonic(), speed)
         return speed
+
+
+class RunEventOutbox(models.Model):
+    """Run events written in the same transaction as the state change they describe.
+
+    A process killed between its commit and storing the events would otherwise lose them (a
+    finished run whose watchers never get `done`). Each row is moved into the event streams'
+    storage exactly once: in one transaction that appends the event to its channels and
+    deletes the row. The writer does that right after its commit; a sweeper in every worker
+    cluster picks up rows a dead process left behind.
+    """
+
+    run_id = models.UUIDField()
+    event = models.CharField(max_length=32)
+    channels = models.JSONField()
+    data = models.TextField()
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        db_table = "run_event_outbox"
+
+    def __str__(self) -> str:
+        return f"{self.event} for run {self.run_id}"

@@ -100,17 +100,27 @@ class RedisPublisher:
 _publisher = RedisPublisher()
 
 
-def send(channel: str, event_type: str, data: dict[str, Any]) -> int:
-    """Store an event, then bring it to listeners: over Redis to every web process when
-    configured and up, else to this process's own listeners (other processes' pollers read it
-    from the database). Returns the event id."""
-    text = json.dumps(data, cls=DjangoJSONEncoder)
-    stored = _storage.append_event(channel, event_type, text)
+def store(channel: str, event_type: str, text: str) -> Any:
+    """Append an event (its data already JSON) to a channel's stored events; the event gets
+    the channel's next id."""
+    return _storage.append_event(channel, event_type, text)
+
+
+def announce(stored: Any) -> None:
+    """Bring a stored event to listeners: over Redis to every web process when configured and
+    up, else to this process's own listeners (other processes' pollers read it from the
+    database)."""
     if getattr(settings, "EVENTS_REDIS", None) and _publisher.publish(
-        channel, event_type, text, stored.id
+        stored.channel, stored.type, stored.data, stored.id
     ):
-        return int(stored.id)
-    dispatch(channel, stored)
+        return
+    dispatch(stored.channel, stored)
+
+
+def send(channel: str, event_type: str, data: dict[str, Any]) -> int:
+    """Store an event and announce it at once. Returns the event id."""
+    stored = store(channel, event_type, json.dumps(data, cls=DjangoJSONEncoder))
+    announce(stored)
     return int(stored.id)
 
 

@@ -27,6 +27,7 @@ from django.db import close_old_connections, connection
 from django.utils import timezone
 from django_q.cluster import Cluster
 
+from tasks_admin.handlers import run_housekeeping
 from tasks_admin.models import Worker, WorkerState
 from tasks_admin.runner import CLUSTER_ENV, enqueue_periodic_jobs, hand_back_all
 
@@ -114,6 +115,7 @@ class Command(BaseCommand):
         Worker.objects.filter(pk=worker.pk).update(last_seen=timezone.now())
         if Worker.objects.filter(pk=worker.pk, state=WorkerState.RUNNING).exists():
             enqueue_periodic_jobs()
+        run_housekeeping()
 
     def _stop(self, worker: Worker, cluster: Cluster) -> None:
         grace = settings.WORKER_SHUTDOWN_GRACE_SECONDS

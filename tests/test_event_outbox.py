@@ -1,0 +1,82 @@
+"""Events are written with the change they describe and reach the streams exactly once."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+import time_machine
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import transaction
+from django.utils import timezone
+from django_eventstream.models import Event
+
+from transcription.events import deliver_outbox, deliver_stranded_events, publish
+from transcription.models import RunEventOutbox, TranscriptRun
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def run(alice, jfk) -> TranscriptRun:
+    response = alice.client.post(
+        "/api/transcribe",
+        {"file": SimpleUploadedFile("jfk.flac", jfk.read_bytes()), "mode": "async"},
+        format="multipart",
+    )
+    return TranscriptRun.objects.select_related("audio").get(pk=response.json()["runId"])
+
+
+def stored(run: TranscriptRun, event: str) -> dict[str, int]:
+    channels = [f"run-{run.pk}", f"user-{run.owner_id}", "runs"]
+    return {c: Event.objects.filter(channel=c, type=event).count() for c in channels}
+
+
+def test_an_event_is_stored_on_all_its_channels_once_the_change_commits(run):
+    with transaction.atomic():
+        publish(run, "done")
+        assert stored(run, "done") == {f"run-{run.pk}": 0, f"user-{run.owner_id}": 0, "runs": 0}
+
+    assert set(stored(run, "done").values()) == {1}
+    assert not RunEventOutbox.objects.exists()
+
+
+def test_a_rolled_back_change_leaves_no_event(run):
+    with pytest.raises(RuntimeError), transaction.atomic():
+        publish(run, "done")
+        raise RuntimeError("the change failed")
+
+    assert set(stored(run, "done").values()) == {0}
+    assert not RunEventOutbox.objects.exists()
+
+
+def test_events_of_a_process_that_died_after_its_commit_are_swept_exactly_once(run, monkeypatch):
+    # The process commits the finished run, then dies before delivering its events.
+    monkeypatch.setattr(transaction, "on_commit", lambda callback: None)
+    with transaction.atomic():
+        publish(run, "done")
+    monkeypatch.undo()
+    assert set(stored(run, "done").values()) == {0}
+
+    assert deliver_stranded_events() == 0  # too fresh: its writer may still deliver it
+    with time_machine.travel(timezone.now() + timedelta(seconds=6)):
+        assert deliver_stranded_events() == 1
+        assert deliver_stranded_events() == 0
+
+    assert set(stored(run, "done").values()) == {1}
+
+
+def test_delivery_is_exactly_once_when_writer_and_sweeper_race(run, monkeypatch):
+    monkeypatch.setattr(transaction, "on_commit", lambda callback: None)
+    with transaction.atomic():
+        publish(run, "update")
+        publish(run, "done")
+    monkeypatch.undo()
+    ids = list(RunEventOutbox.objects.values_list("pk", flat=True))
+
+    assert deliver_outbox(ids) == 2
+    assert deliver_outbox(ids) == 0
+    assert deliver_outbox(older_than=timedelta(0)) == 0
+    assert set(stored(run, "done").values()) == {1}
+    run_events = Event.objects.filter(channel=f"run-{run.pk}").exclude(eid=0).order_by("eid")
+    assert [e.type for e in run_events][-2:] == ["update", "done"]
