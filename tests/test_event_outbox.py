@@ -80,3 +80,23 @@ def test_delivery_is_exactly_once_when_writer_and_sweeper_race(run, monkeypatch)
     assert set(stored(run, "done").values()) == {1}
     run_events = Event.objects.filter(channel=f"run-{run.pk}").exclude(eid=0).order_by("eid")
     assert [e.type for e in run_events][-2:] == ["update", "done"]
+
+
+def test_a_late_event_about_an_unfinished_state_is_dropped_once_the_run_finished(
+    run, monkeypatch
+):
+    monkeypatch.setattr(transaction, "on_commit", lambda callback: None)
+    with transaction.atomic():
+        publish(run, "update")  # queued; its writer dies before delivering it
+    monkeypatch.undo()
+    with transaction.atomic():
+        TranscriptRun.objects.filter(pk=run.pk).update(status="cancelled")
+        run.refresh_from_db()
+        publish(run, "done")
+
+    with time_machine.travel(timezone.now() + timedelta(seconds=6)):
+        assert deliver_stranded_events() == 1
+
+    run_events = Event.objects.filter(channel=f"run-{run.pk}").exclude(eid=0).order_by("eid")
+    assert [e.type for e in run_events][-1] == "done"
+    assert not RunEventOutbox.objects.exists()

@@ -21,7 +21,12 @@ from django.urls import reverse
 from django.utils import timezone
 
 from tasks_admin.models import Job
-from transcription.models import RunEventOutbox, RunStatus, TranscriptRun
+from transcription.models import (
+    TERMINAL_RUN_STATUSES,
+    RunEventOutbox,
+    RunStatus,
+    TranscriptRun,
+)
 from transcription.sse import announce, store
 from transcription.tokens import events_token_for
 
@@ -187,6 +192,14 @@ def deliver_outbox(ids: list[int] | None = None, *, older_than: timedelta | None
                 logger.warning("could not announce event %s", event.id, exc_info=True)
         delivered += 1
     return delivered
+
+
+def _overtaken(row: RunEventOutbox) -> bool:
+    """A late event (its writer was slow or died) describing an unfinished run that has
+    finished since: storing it now would put a stale state after the run's `done`."""
+    if row.event == "done" or json.loads(row.data).get("status") in TERMINAL_RUN_STATUSES:
+        return False
+    return TranscriptRun.objects.filter(pk=row.run_id, status__in=TERMINAL_RUN_STATUSES).exists()
 
 
 def deliver_stranded_events() -> int:

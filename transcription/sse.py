@@ -103,6 +103,12 @@ _publisher = RedisPublisher()
 def store(channel: str, event_type: str, text: str) -> Any:
     """Append an event (its data already JSON) to a channel's stored events; the event gets
     the channel's next id."""
+    from django_eventstream.models import EventCounter
+
+    # django-eventstream creates a channel's counter on first use and, when another process
+    # created it first, recovers from the IntegrityError without a savepoint, which aborts a
+    # PostgreSQL transaction. Django's get_or_create uses one.
+    EventCounter.objects.get_or_create(name=channel)
     return _storage.append_event(channel, event_type, text)
 
 
