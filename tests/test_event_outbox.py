@@ -82,9 +82,7 @@ def test_delivery_is_exactly_once_when_writer_and_sweeper_race(run, monkeypatch)
     assert [e.type for e in run_events][-2:] == ["update", "done"]
 
 
-def test_a_late_event_about_an_unfinished_state_is_dropped_once_the_run_finished(
-    run, monkeypatch
-):
+def test_a_late_event_about_an_unfinished_state_is_dropped_once_the_run_finished(run, monkeypatch):
     monkeypatch.setattr(transaction, "on_commit", lambda callback: None)
     with transaction.atomic():
         publish(run, "update")  # queued; its writer dies before delivering it

@@ -180,7 +180,11 @@ def deliver_outbox(ids: list[int] | None = None, *, older_than: timedelta | None
                 )
                 if row is None:
                     continue  # another process is delivering it, or did
-                stored = [store(channel, row.event, row.data) for channel in row.channels]
+                stored = (
+                    []
+                    if _overtaken(row)
+                    else [store(channel, row.event, row.data) for channel in row.channels]
+                )
                 row.delete()
         except Exception:
             logger.warning("could not deliver event %s yet", pk, exc_info=True)
