@@ -25,7 +25,15 @@ from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
 from tests import conftest
-from tests.conftest import JFK, ROOT, Account, Processes, long_speech, make_account
+from tests.conftest import (
+    JFK,
+    ROOT,
+    Account,
+    Processes,
+    long_speech,
+    make_account,
+    wait_until,
+)
 from transcription.models import Audio
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -388,12 +396,18 @@ def test_a_failed_run_shows_its_error_and_can_be_retried(ui):
     ui.shot("failed")
 
     page.get_by_role("button", name="Retry").click()
-    expect(page.locator("#run-error")).to_be_hidden()
-    # Queued again, then failed again: the page follows the retried run live.
+    # Queued again, then failed again (within milliseconds: the worker is idle, so the page
+    # may never show the queued state): the page follows the retried run live.
+    wait_until(
+        lambda: (
+            len(ui.api("GET", f"/api/runs/{run['runId']}").json()["jobs"]) == 2
+            and ui.api("GET", f"/api/runs/{run['runId']}").json()["status"] == "failed"
+        ),
+        60,
+        "the retried run to fail again",
+    )
     expect(page.locator("#run-badge")).to_have_text("Failed", timeout=60_000)
     expect(page.locator("#run-error")).to_have_text("The audio file is no longer stored.")
-    jobs = ui.api("GET", f"/api/runs/{run['runId']}").json()["jobs"]
-    assert len(jobs) == 2
     ui.assert_no_console_errors()
 
 
