@@ -49,7 +49,8 @@ def test_kill_9_mid_transcription_then_a_new_worker_finishes_the_run_once(proces
     base = processes.web()
     run = submit(base, account.token, audio)
     stream = EventStream(f"{base}{run['links']['events']}?access_token={run['eventsToken']}")
-    fast_recovery = {"JOB_LEASE_SECONDS": "3", "WORKER_RETRY_DELAYS": "100"}
+    # Short enough to recover quickly, long enough that a loaded machine never misses a beat.
+    fast_recovery = {"JOB_LEASE_SECONDS": "6", "WORKER_RETRY_DELAYS": "100"}
     try:
         doomed = processes.worker(**fast_recovery)
         wait_until(lambda: TranscriptRun.objects.get(pk=run["runId"]).progress > 5, 120, "progress")
