@@ -16,6 +16,7 @@ from rest_framework.views import APIView
 
 from lingoloop.errors import ApiError
 from lingoloop.openapi import error_responses
+from lingoloop.timefmt import iso_utc
 from tasks_admin.models import Job, JobStatus, Worker
 from tasks_admin.schema import (
     HealthSerializer,
@@ -23,10 +24,6 @@ from tasks_admin.schema import (
     WorkersSerializer,
     WorkerTargetSerializer,
 )
-
-
-def _iso(value: Any) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None
 
 
 def worker_status(worker: Worker) -> dict[str, Any]:
@@ -37,8 +34,8 @@ def worker_status(worker: Worker) -> dict[str, Any]:
         "processes": worker.processes,
         "state": worker.state,
         "alive": worker.is_alive,
-        "startedAt": _iso(worker.started_at),
-        "lastSeen": _iso(worker.last_seen),
+        "startedAt": iso_utc(worker.started_at),
+        "lastSeen": iso_utc(worker.last_seen),
         "jobsDone": worker.jobs_done,
         "currentJobs": [
             {
@@ -46,7 +43,7 @@ def worker_status(worker: Worker) -> dict[str, Any]:
                 "jobType": job.job_type,
                 "runId": str(job.run_id or "") or None,
                 "lockedBy": job.locked_by,
-                "leaseUntil": _iso(job.locked_until),
+                "leaseUntil": iso_utc(job.locked_until),
             }
             for job in worker.current_jobs()
         ],

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
@@ -20,6 +20,7 @@ from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
 
+from lingoloop.timefmt import iso_utc
 from tasks_admin.models import Job
 from transcription.models import (
     TERMINAL_RUN_STATUSES,
@@ -41,13 +42,6 @@ def run_channel(run_id: object) -> str:
 
 def user_channel(user_id: object) -> str:
     return f"user-{user_id}"
-
-
-def iso_utc(value: datetime | None) -> str | None:
-    """ISO 8601 in UTC with a Z, as every time in the API is written."""
-    if value is None:
-        return None
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def progress_object(run: TranscriptRun, *, queue_position: int | None = None) -> dict[str, Any]:
