@@ -9,6 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import (
+    RequestDataTooBig,
+    SuspiciousOperation,
+    TooManyFieldsSent,
+    TooManyFilesSent,
+)
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views.defaults import page_not_found
 from django.views.defaults import server_error as django_server_error
@@ -69,6 +75,9 @@ _CODES = {
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, ApiError):
         return exc.response()
+    if isinstance(exc, SuspiciousOperation):
+        # Django's request parsing limits (DATA_UPLOAD_MAX_*), met while DRF reads the body.
+        return _parsing_limit(exc).response()
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
@@ -90,6 +99,18 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         message = str(exc.detail) if isinstance(exc.detail, str) else str(exc)
     response.data = ApiError(code, message, field=field).as_dict()
     return response
+
+
+def _parsing_limit(exc: SuspiciousOperation) -> ApiError:
+    if isinstance(exc, RequestDataTooBig):
+        return ApiError(
+            "request_too_large",
+            "The form fields beside the file are larger than this service accepts.",
+            status_code=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        )
+    if isinstance(exc, TooManyFieldsSent | TooManyFilesSent):
+        return ApiError("too_many_fields", "The request has more fields than this service reads.")
+    return ApiError("bad_request", "The request could not be understood.")
 
 
 def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:

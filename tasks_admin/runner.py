@@ -161,10 +161,17 @@ def _attempt(attempt: Attempt) -> str:
         _end_failed(job, worker_id, exc.code, exc.message)
         return "failed"
     except (Exception, TimeoutException) as exc:
-        code = "timeout" if isinstance(exc, TimeoutException) else "error"
-        logger.warning("job %s attempt %d failed: %s", job.pk, job.attempts, exc)
+        # The detail (which may name files, hosts or settings) goes to the log; the job and
+        # its run keep a sentence fit to show the user who submitted it.
+        if isinstance(exc, TimeoutException):
+            code, message = "timeout", "The attempt ran out of time and was stopped."
+        else:
+            code, message = "error", f"The attempt failed on the server ({type(exc).__name__})."
+        logger.warning(
+            "job %s attempt %d failed: %s: %s", job.pk, job.attempts, type(exc).__name__, exc
+        )
         logger.debug("%s", traceback.format_exc())
-        return _end_attempt_failed(job, worker_id, code, f"{type(exc).__name__}: {exc}")
+        return _end_attempt_failed(job, worker_id, code, message)
     with transaction.atomic():
         if not job.finish(worker_id, JobStatus.SUCCEEDED):
             logger.warning("job %s finished but its claim was gone: result dropped", job.pk)
@@ -263,7 +270,8 @@ def reap_expired_leases() -> int:
     now = timezone.now()
     reaped = 0
     for job in Job.objects.lease_expired(now):
-        error = f"worker {job.locked_by} stopped renewing its lease"
+        logger.warning("job %s: worker %s stopped renewing its lease", job.pk, job.locked_by)
+        error = "The worker running it stopped unexpectedly."
         holder = Job.objects.filter(
             pk=job.pk,
             status=JobStatus.PROCESSING,

@@ -200,15 +200,15 @@ def test_5_audio_that_fails_to_decode_later_fails_its_run_without_retry(alice, s
     assert Job.objects.get().attempts == 1
 
 
-@pytest.mark.parametrize(
-    ("content", "code"),
-    [
-        pytest.param(wav(0), "empty_audio", id="zero-length"),
-        pytest.param(flac_claiming_centuries(), "audio_too_long", id="absurd-header"),
-    ],
-)
-def test_6_zero_or_absurd_length_is_422(alice, content, code):
-    assert_refused(post(alice.client, content, "odd.flac"), 422, code)
+def test_6_zero_length_is_422(alice):
+    assert_refused(post(alice.client, wav(0), "odd.flac"), 422, "empty_audio")
+
+
+def test_6_a_header_claiming_centuries_is_measured_not_believed(alice):
+    response = post(alice.client, flac_claiming_centuries(), "odd.flac")
+
+    assert response.status_code == 202, response.content
+    assert response.json()["audio"]["durationMs"] == 11000
 
 
 def test_6_audio_over_the_duration_limit_is_422(alice, settings):
@@ -334,10 +334,8 @@ def test_10_more_active_runs_than_allowed_is_429_with_retry_after(alice, setting
     assert TranscriptRun.objects.count() == 2 and len(stored_files()) == 2
 
 
-def test_10_more_uploads_per_minute_than_the_throttle_allows_is_429(alice, monkeypatch):
-    from transcription.api import UploadRateThrottle
-
-    monkeypatch.setitem(UploadRateThrottle.THROTTLE_RATES, "uploads", "2/min")
+def test_10_more_uploads_per_minute_than_the_throttle_allows_is_429(alice, settings):
+    settings.UPLOADS_PER_MINUTE = 2
     for name in ("1.wav", "2.wav"):
         assert post(alice.client, wav(1.0), name).status_code == 202
 
@@ -445,15 +443,16 @@ def manage(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_debug_off_refuses_to_start_without_a_real_secret_key_and_hosts(tmp_path):
-    base = {"DEBUG": "0", "DATA_DIR": str(tmp_path)}
-    no_key = manage("check", **base, ALLOWED_HOSTS="example.com")
-    weak_key = manage("check", **base, ALLOWED_HOSTS="example.com", SECRET_KEY="short")
-    no_hosts = manage("check", **base, SECRET_KEY="k" * 20 + "abcdefghij" * 4)
+def test_debug_is_off_with_nothing_set_and_a_weak_secret_key_is_refused(tmp_path):
+    base = {"DATA_DIR": str(tmp_path)}
+    defaults = manage(
+        "shell", "--no-imports", "-c", "from django.conf import settings; print(settings.DEBUG)", **base
+    )
+    weak_key = manage("check", **base, SECRET_KEY="short")
 
-    assert no_key.returncode != 0 and "SECRET_KEY is not set" in no_key.stderr
+    assert defaults.returncode == 0, defaults.stderr
+    assert defaults.stdout.strip() == "False"
     assert weak_key.returncode != 0 and "SECRET_KEY must be at least 50" in weak_key.stderr
-    assert no_hosts.returncode != 0 and "ALLOWED_HOSTS is not set" in no_hosts.stderr
 
 
 def test_check_deploy_is_clean_with_the_documented_production_settings(tmp_path):

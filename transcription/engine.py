@@ -1,8 +1,10 @@
 """faster-whisper behind a small interface: one loaded model per process, kept between jobs.
 
 The model is loaded lazily on first use, so nothing loads it before django-q2 forks its
-workers (CTranslate2 is not fork-safe). Segments come from a lazy generator; progress is
-`segment.end / duration` (DESIGN.md, item 10).
+workers (CTranslate2 is not fork-safe). The audio is decoded here (transcription/pcm.py) and
+handed to the model in bounded windows; segments come from a lazy generator, and progress is
+`segment.end / duration` (DESIGN.md, items 10 and 11). Error messages are shown to users:
+they name no server path.
 """
 
 from __future__ import annotations
@@ -14,7 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import av
+import numpy as np
 from django.conf import settings
+
+from lingoloop.errors import ApiError
+from transcription.pcm import SAMPLE_RATE, AudioTooLong, Windows, pcm_chunks
 
 logger = logging.getLogger(__name__)
 
@@ -84,81 +91,125 @@ def get_model(name: str) -> Any:
                     local_files_only=Path(source).is_dir(),
                 )
             except Exception as exc:
+                logger.exception("whisper model %s could not be loaded from %s", name, source)
                 raise EngineError(
                     "model_unavailable",
-                    f"model {name!r} could not be loaded: {exc}",
+                    f"The model {name!r} could not be loaded on this server.",
                     permanent=True,
                 ) from exc
             _models[name] = model
         return model
 
 
-def _segments(path: Path, options: Options) -> tuple[Iterator[Any], Any]:
-    model = get_model(options.model)
+# The audio is transcribed a window at a time so that memory does not grow with its length
+# (DESIGN.md, item 11): a 2 h file holds no more than a 1 min one. A segment that ends within
+# TAIL_GUARD_SECONDS of a window's end may be a sentence cut in two, so the next window starts
+# again at that segment's start, with the text before it as its prompt.
+WINDOW_SECONDS = 120.0
+TAIL_GUARD_SECONDS = 5.0
+PROMPT_CHARS = 200
+
+
+def _window_segments(
+    model: Any, audio: np.ndarray, options: Options, language: str | None, prompt: str | None
+) -> tuple[Iterator[Any], Any]:
     kwargs: dict[str, Any] = {
-        "language": options.language or None,
+        "language": language,
         "task": options.task,
         "beam_size": options.beam_size,
         "word_timestamps": options.word_timestamps,
         "vad_filter": options.vad_filter,
-        "initial_prompt": options.initial_prompt or None,
+        "initial_prompt": prompt or None,
     }
     if settings.WHISPER_BATCH_SIZE > 0:
         from faster_whisper import BatchedInferencePipeline
 
+        # The batched pipeline cuts audio into batches by voice activity: it needs VAD.
+        kwargs["vad_filter"] = True
         pipeline = BatchedInferencePipeline(model)
-        return pipeline.transcribe(str(path), batch_size=settings.WHISPER_BATCH_SIZE, **kwargs)  # type: ignore[no-any-return]
-    return model.transcribe(str(path), **kwargs)  # type: ignore[no-any-return]
+        return pipeline.transcribe(audio, batch_size=settings.WHISPER_BATCH_SIZE, **kwargs)  # type: ignore[no-any-return]
+    return model.transcribe(audio, **kwargs)  # type: ignore[no-any-return]
+
+
+def _segment_dict(segment: Any, index: int, offset: float, words: bool) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "id": index,
+        "start": round(offset + float(segment.start), 3),
+        "end": round(offset + float(segment.end), 3),
+        "text": segment.text.strip(),
+    }
+    if words and segment.words:
+        item["words"] = [
+            {
+                "start": round(offset + float(w.start), 3),
+                "end": round(offset + float(w.end), 3),
+                "word": w.word,
+                "probability": round(float(w.probability), 4),
+            }
+            for w in segment.words
+        ]
+    return item
 
 
 def transcribe(
     path: Path,
     options: Options,
     *,
+    duration_ms: int,
+    max_duration_ms: int,
     on_segment: Callable[[dict[str, Any], float], None] | None = None,
 ) -> Result:
     """Transcribe `path`; `on_segment(segment, progress_percent)` is called as each one ends.
 
+    `duration_ms` is the audio's measured length (for progress); decoding stops with a
+    permanent `audio_too_long` error past `max_duration_ms`, whatever the file claims.
     `on_segment` may raise to stop early (cancel, lost lease): the exception propagates.
     """
-    import av
-
+    model = get_model(options.model)
+    windows = Windows(pcm_chunks(path, max_ms=max_duration_ms), WINDOW_SECONDS)
+    result = Result(language=options.language or "", language_probability=1.0, duration=0.0)
+    language = options.language
+    prompt = options.initial_prompt
     try:
-        segments, info = _segments(path, options)
-    except (av.error.FFmpegError, IndexError, ValueError) as exc:
+        while True:
+            window, final = windows.current()
+            if window.shape[0] == 0:
+                break
+            offset = windows.offset_seconds
+            segments, info = _window_segments(model, window, options, language, prompt)
+            if language is None:  # detected on the first window, kept for the rest
+                language = result.language = info.language
+                result.language_probability = float(info.language_probability or 0.0)
+            window_end = window.shape[0] / SAMPLE_RATE
+            result.duration = offset + window_end
+            total = max(duration_ms / 1000, result.duration)
+            resume_at: float | None = None
+            last_end = 0.0
+            for segment in segments:
+                if not final and segment.end > window_end - TAIL_GUARD_SECONDS:
+                    resume_at = float(segment.start)  # may be cut: the next window redoes it
+                    break
+                item = _segment_dict(segment, len(result.segments), offset, options.word_timestamps)
+                result.segments.append(item)
+                last_end = float(segment.end)
+                if on_segment is not None:
+                    on_segment(item, min(100.0 * item["end"] / total, 99.9))
+            if final:
+                break
+            if resume_at is None or resume_at <= 0:
+                resume_at = max(last_end, window_end - TAIL_GUARD_SECONDS)
+            windows.advance(resume_at)
+            prompt = result.text[-PROMPT_CHARS:] or options.initial_prompt
+    except AudioTooLong:
         raise EngineError(
-            "undecodable", f"the audio could not be decoded: {exc}", permanent=True
-        ) from exc
-
-    result = Result(
-        language=info.language,
-        language_probability=float(info.language_probability or 0.0),
-        duration=float(info.duration or 0.0),
-    )
-    try:
-        for segment in segments:
-            item: dict[str, Any] = {
-                "id": len(result.segments),
-                "start": round(float(segment.start), 3),
-                "end": round(float(segment.end), 3),
-                "text": segment.text.strip(),
-            }
-            if options.word_timestamps and segment.words:
-                item["words"] = [
-                    {
-                        "start": round(float(w.start), 3),
-                        "end": round(float(w.end), 3),
-                        "word": w.word,
-                        "probability": round(float(w.probability), 4),
-                    }
-                    for w in segment.words
-                ]
-            result.segments.append(item)
-            if on_segment is not None:
-                progress = 100.0 * item["end"] / result.duration if result.duration else 0.0
-                on_segment(item, min(progress, 99.9))
-    except av.error.FFmpegError as exc:
+            "audio_too_long",
+            f"The audio is longer than the {max_duration_ms / 60000:.1f} minutes allowed here "
+            "(more than its file said).",
+            permanent=True,
+        ) from None
+    except (ApiError, av.error.FFmpegError) as exc:  # it probed as audio, yet does not decode
+        logger.warning("decoding %s failed: %s", path.name, exc)
         raise EngineError(
-            "undecodable", f"the audio could not be decoded: {exc}", permanent=True
-        ) from exc
+            "undecodable", "The audio could not be decoded.", permanent=True
+        ) from None
     return result

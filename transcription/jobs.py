@@ -78,6 +78,13 @@ class TranscribeHandler:
     def __init__(self, job_type: str) -> None:
         self.job_type = job_type
 
+    def max_duration_ms(self) -> int:
+        """The most audio this job may decode. A sync job runs inside a web request: only
+        measured-short audio (with a second of room for the resampler's tail)."""
+        if self.job_type == JOB_TYPE_SYNC and not settings.TASKS_INLINE_PROCESSING:
+            return settings.TRANSCRIBE_SYNC_MAX_DURATION_MS + 1000
+        return settings.MAX_AUDIO_DURATION_MS
+
     @staticmethod
     def _run(job: Job) -> TranscriptRun:
         return TranscriptRun.objects.select_related("audio").get(jobs=job)
@@ -122,7 +129,13 @@ class TranscribeHandler:
             initial_prompt=run.initial_prompt or None,
         )
         try:
-            result = engine.transcribe(run.audio.path, options, on_segment=writer.segment)
+            result = engine.transcribe(
+                run.audio.path,
+                options,
+                duration_ms=run.audio.duration_ms,
+                max_duration_ms=self.max_duration_ms(),
+                on_segment=writer.segment,
+            )
         except engine.EngineError as exc:
             if exc.permanent:
                 raise PermanentError(exc.code, exc.message) from exc

@@ -8,6 +8,7 @@ from django.conf import settings
 from faster_whisper.tokenizer import _LANGUAGE_CODES
 from rest_framework import serializers
 
+from transcription.callbacks import UnsafeDestination, check_callback_url
 from transcription.services import RunOptions
 
 USER_PRIORITY_RANGE = (-10, 10)
@@ -59,8 +60,11 @@ class SubmitSerializer(serializers.Serializer):
         return value
 
     def validate_callbackUrl(self, value: str) -> str:
-        if value and not value.lower().startswith(("http://", "https://")):
-            raise serializers.ValidationError("Use an http(s) URL.", code="invalid_url")
+        if value:
+            try:
+                check_callback_url(value)
+            except UnsafeDestination as exc:
+                raise serializers.ValidationError(str(exc), code="unsafe_callback_url") from None
         return value
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import re
 import tempfile
@@ -16,6 +17,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
 from django.core.files.uploadedfile import UploadedFile
 from django.db import IntegrityError, connections, transaction
@@ -136,6 +138,35 @@ def _run_inline(job_id: uuid.UUID) -> None:
 
 # --- Submit -------------------------------------------------------------------------------
 
+RATE_WINDOW = timedelta(minutes=1)
+
+
+def check_user_limits(*, owner: User) -> None:
+    """USER_MAX_ACTIVE_RUNS and UPLOADS_PER_MINUTE, counted from the run table itself: exact
+    across web processes, and independent of Redis. Raises a 429 with Retry-After."""
+    runs = TranscriptRun.objects.filter(owner=owner)
+    active = runs.filter(status__in=[RunStatus.QUEUED, RunStatus.PROCESSING]).count()
+    if active >= settings.USER_MAX_ACTIVE_RUNS:
+        raise ApiError(
+            "too_many_active_runs",
+            f"You have {active} runs queued or processing; the limit is "
+            f"{settings.USER_MAX_ACTIVE_RUNS}. Wait for some to finish or cancel them.",
+            status_code=status.HTTP_429_TOO_MANY_REQUESTS,
+            headers={"Retry-After": "30"},
+        )
+    since = timezone.now() - RATE_WINDOW
+    recent = runs.filter(created_at__gt=since).order_by("created_at")
+    if recent.count() >= settings.UPLOADS_PER_MINUTE:
+        oldest = recent.values_list("created_at", flat=True)[0]
+        wait = math.ceil((oldest - since).total_seconds())
+        raise ApiError(
+            "throttled",
+            f"You have uploaded {settings.UPLOADS_PER_MINUTE} files in the last minute, the "
+            f"most this service takes; try again in {wait} s.",
+            status_code=status.HTTP_429_TOO_MANY_REQUESTS,
+            headers={"Retry-After": str(max(1, wait))},
+        )
+
 
 def run_submit(
     *,
@@ -156,17 +187,9 @@ def run_submit(
         if existing is not None:
             return existing, False
 
-    active = TranscriptRun.objects.filter(
-        owner=owner, status__in=[RunStatus.QUEUED, RunStatus.PROCESSING]
-    ).count()
-    if active >= settings.USER_MAX_ACTIVE_RUNS:
-        raise ApiError(
-            "too_many_active_runs",
-            f"You have {active} runs queued or processing; the limit is "
-            f"{settings.USER_MAX_ACTIVE_RUNS}. Wait for some to finish or cancel them.",
-            status_code=status.HTTP_429_TOO_MANY_REQUESTS,
-            headers={"Retry-After": "30"},
-        )
+    # A cheap refusal before the upload is probed; the check that counts is made again with
+    # the owner's row locked, in the transaction that creates the run (_create_rows).
+    check_user_limits(owner=owner)
 
     spooled = _spool(upload)
     stored: Path | None = None
@@ -226,6 +249,10 @@ def _create_rows(
     mode: str,
     idempotency_key: str | None,
 ) -> TranscriptRun:
+    # Parallel uploads from one user queue here, so each one counts those before it.
+    # (SQLite's IMMEDIATE transactions are serialised already; FOR UPDATE is a no-op there.)
+    list(get_user_model().objects.select_for_update().filter(pk=owner.pk).values_list("pk"))
+    check_user_limits(owner=owner)
     audio = Audio.objects.create(
         owner=owner,
         stored_name=stored_name,

@@ -1,0 +1,97 @@
+"""Two guards around every request: the API's error shape, and no control characters.
+
+* Under /api/, an error that Django answers itself (a URL that matches nothing, a request
+  over a parsing limit, an exception no view caught and, with DEBUG on, its debug pages) is
+  turned into the API's error shape. A client of the API never sees an HTML page, a traceback,
+  a setting or a path, whatever DEBUG says.
+* A query parameter holding a NUL byte or another control character is refused with 400
+  before any view sees it: PostgreSQL cannot store or compare NUL (it raised a 500 from a
+  token lookup), and no parameter of this service needs one. Form and JSON fields are refused
+  the same way by DRF's and Django's own field validation.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.http import HttpRequest, HttpResponseBadRequest, JsonResponse
+from django.http.response import HttpResponseBase
+
+from lingoloop.errors import ApiError
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+_CODES = {
+    400: ("bad_request", "The request could not be understood."),
+    401: ("not_authenticated", "Authentication credentials were not provided."),
+    403: ("permission_denied", "You may not do this."),
+    404: ("not_found", "No such resource."),
+    405: ("method_not_allowed", "This method is not allowed here."),
+    413: ("request_too_large", "The request is larger than this service accepts."),
+    500: ("server_error", "Something went wrong on our side."),
+}
+
+
+def _is_api(request: HttpRequest) -> bool:
+    return request.path.startswith("/api/")
+
+
+def _bad_query(request: HttpRequest) -> HttpResponseBase | None:
+    for key, values in request.GET.lists():
+        if _CONTROL.search(key) or any(_CONTROL.search(value) for value in values):
+            message = "Query parameters may not contain NUL or other control characters."
+            if _is_api(request):
+                error = ApiError("invalid_characters", message, field=_CONTROL.sub("", key))
+                return JsonResponse(error.as_dict(), status=400)
+            return HttpResponseBadRequest(message, content_type="text/plain")
+    return None
+
+
+def _as_api_error(request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
+    if (
+        not _is_api(request)
+        or response.status_code < 400
+        or response.streaming
+        or response.get("Content-Type", "").startswith("application/json")
+    ):
+        return response
+    code, message = _CODES.get(
+        response.status_code,
+        ("error" if response.status_code < 500 else "server_error", "The request failed."),
+    )
+    error = ApiError(code, message, status_code=response.status_code)
+    converted = JsonResponse(error.as_dict(), status=response.status_code)
+    for header in ("Allow", "Retry-After", "WWW-Authenticate"):
+        if header in response:
+            converted[header] = response[header]
+    return converted
+
+
+class RequestGuards:
+    """Sync and async, so that async views (the event streams) stay on the event loop."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
+        self.get_response = get_response
+        if iscoroutinefunction(get_response):
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if iscoroutinefunction(self):
+            return self.__acall__(request)
+        refused = _bad_query(request)
+        if refused is not None:
+            return refused
+        return _as_api_error(request, self.get_response(request))
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+        refused = _bad_query(request)
+        if refused is not None:
+            return refused
+        get_response: Callable[[HttpRequest], Awaitable[HttpResponseBase]] = self.get_response
+        return _as_api_error(request, await get_response(request))

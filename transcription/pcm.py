@@ -1,0 +1,89 @@
+"""Decoded audio as the model takes it (16 kHz mono float32), a little at a time.
+
+`faster_whisper.decode_audio` returns a whole file as one array before any work starts
+(~230 MB an hour, and the feature extractor then holds several times that; DESIGN.md, item
+11). Here the upload is decoded frame by frame and handed out in windows of bounded length, so
+a worker's memory does not grow with the length of the audio. Decoded samples are counted as
+they come: past `max_ms` the decoding stops, whatever the container's header claimed.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import av
+import numpy as np
+
+from transcription.probe import decoded_frames, first_audio_stream, open_audio
+
+SAMPLE_RATE = 16000
+
+
+class AudioTooLong(Exception):
+    """More audio decoded than the limit allows."""
+
+
+def pcm_chunks(path: Path, *, max_ms: int) -> Iterator[np.ndarray]:
+    """The audio of `path` as consecutive float32 arrays at 16 kHz mono.
+
+    Raises AudioTooLong once more than `max_ms` of audio has been decoded.
+    """
+    max_samples = max_ms * SAMPLE_RATE // 1000
+    decoded = 0
+    with open_audio(path) as container:
+        stream = first_audio_stream(container)
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+        # The trailing None flushes what the resampler still holds.
+        for frame in itertools.chain(decoded_frames(container, stream), [None]):
+            if frame is not None:
+                frame.pts = None  # the resampler keeps its own timeline across bad packets
+            for out in resampler.resample(frame):
+                samples = out.to_ndarray().reshape(-1)
+                decoded += samples.shape[0]
+                if decoded > max_samples:
+                    raise AudioTooLong(f"more than {max_ms} ms of audio decoded")
+                yield samples
+
+
+class Windows:
+    """Hands out windows of at most `seconds` of audio from a chunk iterator.
+
+    The caller says where the next window starts (`advance`): the engine restarts a window
+    at the start of a segment the previous window may have cut in two. Only the current
+    window and the chunk being read are held in memory.
+    """
+
+    def __init__(self, chunks: Iterator[np.ndarray], seconds: float) -> None:
+        self.chunks = chunks
+        self.size = int(seconds * SAMPLE_RATE)
+        self.buffer = np.empty(0, dtype=np.float32)
+        self.offset = 0  # samples of the whole audio before self.buffer[0]
+        self.exhausted = False
+
+    @property
+    def offset_seconds(self) -> float:
+        return self.offset / SAMPLE_RATE
+
+    def current(self) -> tuple[np.ndarray, bool]:
+        """(the window, whether it reaches the end of the audio)."""
+        parts = [self.buffer]
+        held = self.buffer.shape[0]
+        while held < self.size and not self.exhausted:
+            chunk = next(self.chunks, None)
+            if chunk is None:
+                self.exhausted = True
+                break
+            parts.append(chunk)
+            held += chunk.shape[0]
+        if len(parts) > 1:
+            self.buffer = np.concatenate(parts)
+        window = self.buffer[: self.size]
+        return window, self.exhausted and self.buffer.shape[0] <= self.size
+
+    def advance(self, seconds: float) -> None:
+        """Drop the first `seconds` of the current window: the next one starts there."""
+        dropped = max(1, min(int(seconds * SAMPLE_RATE), self.buffer.shape[0]))
+        self.buffer = self.buffer[dropped:].copy()  # a view would keep the old buffer alive
+        self.offset += dropped
