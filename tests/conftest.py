@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+import av
 import httpx
+import numpy as np
 import pytest
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -221,21 +223,45 @@ def processes(transactional_db, settings, tmp_path: Path, request) -> Iterator[P
     procs.stop_all()
 
 
+def speech_16k(repeats: int = 1) -> np.ndarray:
+    """jfk.flac said `repeats` times with a second of silence after each, as 16 kHz mono
+    16-bit samples (decoded with PyAV here, as the service does)."""
+    with av.open(str(JFK)) as container:
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=16000)
+        frames = [*container.decode(audio=0), None]
+        parts = [out.to_ndarray().reshape(-1) for f in frames for out in resampler.resample(f)]
+    unit = np.concatenate([*parts, np.zeros(16000, dtype=np.int16)])
+    return np.tile(unit, repeats)
+
+
 def long_speech(path: Path, repeats: int) -> Path:
     """A WAV of jfk.flac said `repeats` times with a second of silence between: long audio
     built in the test rather than committed."""
     import wave
 
-    import numpy as np
-    from faster_whisper import decode_audio
-
-    speech = decode_audio(str(JFK), sampling_rate=16000)
-    gap = np.zeros(16000, dtype=speech.dtype)
-    audio = np.concatenate([np.concatenate([speech, gap]) for _ in range(repeats)])
-    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2")
     with wave.open(str(path), "wb") as out:
         out.setnchannels(1)
         out.setsampwidth(2)
         out.setframerate(16000)
-        out.writeframes(pcm.tobytes())
+        out.writeframes(speech_16k(repeats).astype("<i2").tobytes())
+    return path
+
+
+def flac_speech(path: Path, repeats: int, *, claimed_seconds: float | None = None) -> Path:
+    """Real speech as a 16 kHz FLAC; with `claimed_seconds`, its STREAMINFO lies about its
+    length (as a hostile upload's would)."""
+    samples = speech_16k(repeats)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("flac", rate=16000, layout="mono")
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = 16000
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            out.mux(packet)
+    if claimed_seconds is not None:
+        data = bytearray(path.read_bytes())
+        start = 8 + 10  # 'fLaC', block header, block and frame sizes; then rate/channels/total
+        packed = int.from_bytes(data[start : start + 8], "big")
+        packed = (packed & ~((1 << 36) - 1)) | int(claimed_seconds * 16000)
+        data[start : start + 8] = packed.to_bytes(8, "big")
+        path.write_bytes(bytes(data))
     return path

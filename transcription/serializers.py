@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.core.validators import URLValidator
 from faster_whisper.tokenizer import _LANGUAGE_CODES
 from rest_framework import serializers
 
@@ -28,7 +30,8 @@ class SubmitSerializer(serializers.Serializer):
     )
     priority = serializers.IntegerField(required=False, default=0)
     mode = serializers.ChoiceField(choices=["auto", "sync", "async"], default="auto")
-    callbackUrl = serializers.URLField(
+    # Checked by hand (validate_callbackUrl): where it points first, then its form.
+    callbackUrl = serializers.CharField(
         required=False, allow_blank=True, max_length=2000, default=""
     )
 
@@ -65,6 +68,10 @@ class SubmitSerializer(serializers.Serializer):
                 check_callback_url(value)
             except UnsafeDestination as exc:
                 raise serializers.ValidationError(str(exc), code="unsafe_callback_url") from None
+            try:
+                URLValidator(schemes=["http", "https"])(value)
+            except DjangoValidationError:
+                raise serializers.ValidationError("Enter a valid URL.", code="invalid") from None
         return value
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
