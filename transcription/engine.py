@@ -166,7 +166,10 @@ def transcribe(
     `on_segment` may raise to stop early (cancel, lost lease): the exception propagates.
     """
     model = get_model(options.model)
-    windows = Windows(pcm_chunks(path, max_ms=max_duration_ms), WINDOW_SECONDS)
+    # The batched pipeline extracts features chunk by chunk (30 s each), so its window can
+    # hold a whole batch of chunks without holding much more memory.
+    seconds = max(WINDOW_SECONDS, 30.0 * settings.WHISPER_BATCH_SIZE)
+    windows = Windows(pcm_chunks(path, max_ms=max_duration_ms), seconds)
     result = Result(language=options.language or "", language_probability=1.0, duration=0.0)
     language = options.language
     prompt = options.initial_prompt
@@ -199,7 +202,10 @@ def transcribe(
             if resume_at is None or resume_at <= 0:
                 resume_at = max(last_end, window_end - TAIL_GUARD_SECONDS)
             windows.advance(resume_at)
-            prompt = result.text[-PROMPT_CHARS:] or options.initial_prompt
+            if settings.WHISPER_BATCH_SIZE == 0:
+                # As whisper conditions each 30 s on the text before it. (The batched pipeline
+                # gives its prompt to every chunk of a window alike: only the user's then.)
+                prompt = result.text[-PROMPT_CHARS:] or options.initial_prompt
     except AudioTooLong:
         raise EngineError(
             "audio_too_long",
