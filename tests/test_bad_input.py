@@ -446,7 +446,11 @@ def manage(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
 def test_debug_is_off_with_nothing_set_and_a_weak_secret_key_is_refused(tmp_path):
     base = {"DATA_DIR": str(tmp_path)}
     defaults = manage(
-        "shell", "--no-imports", "-c", "from django.conf import settings; print(settings.DEBUG)", **base
+        "shell",
+        "--no-imports",
+        "-c",
+        "from django.conf import settings; print(settings.DEBUG)",
+        **base,
     )
     weak_key = manage("check", **base, SECRET_KEY="short")
 
@@ -498,3 +502,44 @@ def test_2_oversized_upload_is_refused_before_its_body_is_sent(processes):
     assert json.loads(response.read())["error"]["code"] == "file_too_large"
     connection.close()
     assert list(Path(processes.data_dir, "tmp").iterdir()) == []
+
+
+# --- NUL and other control characters -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"language": "e\x00n"},
+        {"initialPrompt": "hello\x00world"},
+        {"callbackUrl": "https://8.8.8.8/\x00"},
+        {"model": "tiny.en\x00"},
+    ],
+    ids=["language", "initialPrompt", "callbackUrl", "model"],
+)
+def test_a_nul_in_any_field_is_400(alice, fields):
+    response = post(alice.client, JFK.read_bytes(), "jfk.flac", **fields)
+
+    assert_refused(response, 400, response.json()["error"]["code"], field=next(iter(fields)))
+
+
+@pytest.mark.parametrize("key", ["k\x00", "k\x01y", "ключ"])
+def test_an_idempotency_key_of_unprintable_characters_is_400(alice, key):
+    response = alice.client.post(
+        "/api/transcribe",
+        {"file": SimpleUploadedFile("jfk.flac", JFK.read_bytes()), "mode": "async"},
+        format="multipart",
+        HTTP_IDEMPOTENCY_KEY=key,
+    )
+
+    assert_refused(response, 400, "invalid", field="Idempotency-Key")
+
+
+def test_a_nul_in_a_login_field_or_query_parameter_is_400(alice):
+    token = APIClient().post(
+        "/api/auth/token", {"username": "alice\x00", "password": "x"}, format="json"
+    )
+    query = alice.client.get("/api/runs", {"status": "queued\x00", "limit": "\x07"})
+
+    assert token.status_code == 400 and token.json()["error"]["field"] == "username"
+    assert query.status_code == 400 and query.json()["error"]["code"] == "invalid_characters"
