@@ -31,8 +31,10 @@ class UnsafeDestination(ValueError):
 def is_public(address: IPAddress) -> bool:
     """A global unicast address, also when an IPv4 address hides inside an IPv6 one."""
     if isinstance(address, ipaddress.IPv6Address):
-        embedded = address.ipv4_mapped or address.sixtofour or (
-            address.teredo[1] if address.teredo else None
+        embedded = (
+            address.ipv4_mapped
+            or address.sixtofour
+            or (address.teredo[1] if address.teredo else None)
         )
         if embedded is not None and not is_public(embedded):
             return False
