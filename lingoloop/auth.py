@@ -24,4 +24,12 @@ class BearerTokenAuthentication(TokenAuthentication):
             key = parts[1].decode()
         except UnicodeError:
             raise exceptions.AuthenticationFailed("Invalid token header.") from None
+        if not is_token_shaped(key):
+            raise exceptions.AuthenticationFailed("Invalid token.")
         return self.authenticate_credentials(key)
+
+
+def is_token_shaped(key: str) -> bool:
+    """Letters and digits only, as every token key is: anything else (a NUL, which PostgreSQL
+    refuses to compare, say) is a wrong token without asking the database."""
+    return 0 < len(key) <= 64 and key.isascii() and key.isalnum()

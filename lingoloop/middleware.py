@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -20,9 +19,8 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponseBadRequest, JsonResponse
 from django.http.response import HttpResponseBase
 
+from lingoloop.characters import has_control_characters
 from lingoloop.errors import ApiError
-
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 _CODES = {
     400: ("bad_request", "The request could not be understood."),
@@ -41,10 +39,14 @@ def _is_api(request: HttpRequest) -> bool:
 
 def _bad_query(request: HttpRequest) -> HttpResponseBase | None:
     for key, values in request.GET.lists():
-        if _CONTROL.search(key) or any(_CONTROL.search(value) for value in values):
+        if has_control_characters(key) or any(map(has_control_characters, values)):
             message = "Query parameters may not contain NUL or other control characters."
             if _is_api(request):
-                error = ApiError("invalid_characters", message, field=_CONTROL.sub("", key))
+                error = ApiError(
+                    "invalid_characters",
+                    message,
+                    field=key if not has_control_characters(key) else None,
+                )
                 return JsonResponse(error.as_dict(), status=400)
             return HttpResponseBadRequest(message, content_type="text/plain")
     return None

@@ -63,3 +63,39 @@ def error_responses(*codes: int, **descriptions: str) -> dict[int, OpenApiRespon
         )
         for code in codes
     }
+
+
+# What lingoloop.middleware.RequestGuards refuses in any query parameter, as a pattern.
+_NO_CONTROL_CHARACTERS = "^[^\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f]*$"
+_GUARD_400 = (
+    "A query parameter holds NUL or another control character, or the request is otherwise invalid."
+)
+
+
+def document_request_guards(
+    result: dict[str, Any], generator: Any, request: Any, public: bool
+) -> dict[str, Any]:
+    """POSTPROCESSING_HOOKS entry, last: every operation may answer 400 (the middleware's
+    refusal of control characters comes before any view), and every free-text query
+    parameter says which characters it takes."""
+    for operations in result.get("paths", {}).values():
+        for operation in operations.values():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            operation["responses"].setdefault(
+                "400",
+                {
+                    "description": _GUARD_400,
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
+                    },
+                },
+            )
+            for parameter in operation.get("parameters", []):
+                schema = parameter.get("schema", {})
+                free_text = schema.get("type") == "string" and not (
+                    {"enum", "format", "pattern"} & schema.keys()
+                )
+                if parameter.get("in") == "query" and free_text:
+                    schema["pattern"] = _NO_CONTROL_CHARACTERS
+    return result

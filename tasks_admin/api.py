@@ -14,6 +14,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from lingoloop.characters import has_control_characters
 from lingoloop.errors import ApiError
 from lingoloop.openapi import error_responses
 from lingoloop.timefmt import iso_utc
@@ -22,7 +23,6 @@ from tasks_admin.schema import (
     HealthSerializer,
     StatsSerializer,
     WorkersSerializer,
-    WorkerTargetSerializer,
 )
 
 
@@ -57,6 +57,18 @@ def workers_alive() -> int:
 _WORKER_ID = OpenApiParameter(
     "workerId", str, description="Just this worker cluster; all of them when left out."
 )
+# The body of POST: `{"workerId": …}` and nothing else (other keys are refused).
+WORKER_TARGET = {
+    "type": "object",
+    "properties": {
+        "workerId": {
+            "type": "string",
+            "nullable": True,
+            "description": "Just this worker cluster; all of them when null or left out.",
+        }
+    },
+    "additionalProperties": False,
+}
 _CONTROL_ERRORS = error_responses(
     400, 401, 403, 404, 415, e400="A malformed body.", e404="No worker with this workerId."
 )
@@ -73,9 +85,23 @@ class WorkerControlView(APIView):
         body = request.data
         if not isinstance(body, dict):
             raise ApiError("invalid", 'The body must be an object, e.g. {"workerId": "…"}.')
-        wanted = request.query_params.get("workerId") or body.get("workerId")
-        if wanted is not None and not isinstance(wanted, str):
+        in_query, in_body = request.query_params.get("workerId"), body.get("workerId")
+        unknown = sorted(set(body) - {"workerId"})
+        if unknown:
+            raise ApiError("unknown_field", "The body takes only workerId.", field=unknown[0])
+        if in_body is not None and not isinstance(in_body, str):
             raise ApiError("invalid", "workerId must be a string.", field="workerId")
+        if in_query and in_body and in_query != in_body:
+            raise ApiError(
+                "invalid", "workerId differs between the query and the body.", field="workerId"
+            )
+        wanted = in_query or in_body
+        if wanted and has_control_characters(wanted):
+            raise ApiError(
+                "invalid_characters",
+                "workerId may not contain control characters.",
+                field="workerId",
+            )
         if wanted:
             workers = workers.filter(pk=wanted)
             if not workers.exists():
@@ -100,7 +126,7 @@ class WorkerControlView(APIView):
         tags=["queue"],
         description="Staff only: paused worker clusters claim jobs again.",
         parameters=[_WORKER_ID],
-        request={"application/json": WorkerTargetSerializer},
+        request={"application/json": WORKER_TARGET},
         responses={200: WorkersSerializer, **_CONTROL_ERRORS},
     )
     def post(self, request: Request) -> Response:

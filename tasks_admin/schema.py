@@ -35,14 +35,6 @@ class WorkersSerializer(serializers.Serializer):
     workers = WorkerStatusSerializer(many=True)
 
 
-class WorkerTargetSerializer(serializers.Serializer):
-    workerId = serializers.CharField(
-        required=False,
-        allow_null=True,
-        help_text="Just this worker cluster; all of them when null or left out.",
-    )
-
-
 class JobCountsSerializer(serializers.Serializer):
     queued = serializers.IntegerField(min_value=0)
     processing = serializers.IntegerField(min_value=0)

@@ -2,19 +2,26 @@
 
 The schemathesis run sends generated requests (valid and invalid) to every documented
 operation but the two event streams and checks each answer against the schema: no 500s,
-only documented status codes and content types, bodies that match their schemas.
+only documented status codes and content types, bodies that match their schemas, every
+refusal in the API's error shape, and an upload that is refused leaves no row and no file.
+Uploads carry random small files (random bytes, bytes behind audio magic numbers, a slice of
+real audio); the fuzzer acts on its own runs and on someone else's. tests/test_fuzz_api.py
+fuzzes the event streams and the characters no parameter may hold.
 """
 
 from __future__ import annotations
 
+import operator
 import re
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 import schemathesis
+from django.conf import settings as django_settings
 from django.core.cache import cache
 from django.core.signals import request_finished, request_started
 from django.core.wsgi import get_wsgi_application
@@ -34,7 +41,7 @@ from schemathesis.specs.openapi import object_authorization  # noqa: F401
 from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
 from tasks_admin.models import Job, JobStatus, Worker
-from tests.conftest import Account, make_account
+from tests.conftest import JFK, Account, make_account
 from transcription.exports import CONTENT_TYPES
 from transcription.jobs import JOB_TYPE_ASYNC
 from transcription.models import Audio, RunMode, RunStatus, TranscriptRun
@@ -229,7 +236,9 @@ def fuzzer(request, wsgi_in_test_transaction, settings) -> Account:  # type: ign
     # Every refused login hashes a password: keep hundreds of them quick.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     account = make_account(f"fuzzer-{request.param}", staff=request.param == "staff")
-    seeded_run_ids[:] = seed_runs(account.user)
+    # Someone else's runs too: a user gets 404 for them, staff may act on them.
+    someone_else = make_account(f"other-of-{request.param}")
+    seeded_run_ids[:] = seed_runs(account.user) + seed_runs(someone_else.user)
     seed_worker()
     return account
 
@@ -278,6 +287,74 @@ def flatmap_path_parameters(context: Any, path_parameters: dict[str, Any]) -> An
     )
 
 
+# Small files that make the upload reach the probe: random bytes, random bytes behind the
+# magic numbers of audio and of what FFmpeg must not open, and slices of real audio.
+_MAGIC_NUMBERS = [
+    b"fLaC",
+    b"RIFF\xff\xff\xff\xffWAVEfmt ",
+    b"ID3\x03\x00\x00\x00\x00\x00\x00",
+    b"OggS\x00\x02",
+    b"\x00\x00\x00\x20ftypM4A ",
+    b"\x1a\x45\xdf\xa3",
+    b"FORM\x00\x00\x10\x00AIFF",
+    b"#EXTM3U\n#EXTINF:10,\nhttp://127.0.0.1:9/x.mp3\n",
+    b"ffconcat version 1.0\nfile ",
+]
+_JFK_BYTES = JFK.read_bytes()
+upload_bytes = st.one_of(
+    st.binary(max_size=2048),
+    st.builds(operator.add, st.sampled_from(_MAGIC_NUMBERS), st.binary(max_size=2048)),
+    st.integers(min_value=1, max_value=len(_JFK_BYTES)).map(lambda end: _JFK_BYTES[:end]),
+)
+
+
+def operation_id(context: Any) -> str | None:
+    operation = getattr(context, "operation", None)
+    return operation.definition.raw.get("operationId") if operation is not None else None
+
+
+@schema.hook
+def flatmap_body(context: Any, body: Any) -> Any:
+    """The `file` of a generated upload: one of `upload_bytes` instead of an empty string."""
+    if operation_id(context) != "transcribe" or not isinstance(body, dict) or "file" not in body:
+        return st.just(body)
+    return upload_bytes.map(lambda content: {**body, "file": content})
+
+
+@schema.hook
+def flatmap_query(context: Any, query: Any) -> Any:
+    """Besides random worker ids (404), name the seeded worker."""
+    if not isinstance(query, dict) or not isinstance(query.get("workerId"), str):
+        return st.just(query)
+    return st.sampled_from([query["workerId"], "w1"]).map(lambda w: {**query, "workerId": w})
+
+
+def api_error_shape(ctx: Any, response: Any, case: Any) -> bool | None:
+    """Every refusal is `{"error": {"code", "message", "field"}}`, documented or not."""
+    if response.status_code < 400:
+        return None
+    body = response.json()
+    assert isinstance(body, dict) and set(body) == {"error"}, f"not the error shape: {body!r}"
+    error = body["error"]
+    assert set(error) == {"code", "message", "field"}, f"not the error shape: {body!r}"
+    assert isinstance(error["code"], str) and error["code"], body
+    assert isinstance(error["message"], str) and error["message"], body
+    assert error["field"] is None or isinstance(error["field"], str), body
+    return None
+
+
+def upload_leftovers() -> tuple[int, int, int, set[str]]:
+    stored = {path.name for path in Path(django_settings.UPLOAD_DIR).iterdir()}
+    return Audio.objects.count(), TranscriptRun.objects.count(), Job.objects.count(), stored
+
+
+def assert_upload_left_nothing(before: tuple[int, int, int, set[str]], status: int) -> None:
+    """A refused upload leaves no row and no stored file; no upload leaves a temporary file."""
+    assert list(Path(django_settings.UPLOAD_TEMP_DIR).iterdir()) == []
+    if status >= 400:
+        assert upload_leftovers() == before
+
+
 # What no generated data can satisfy: a file that really is audio, a real password.
 _SEMANTIC_INPUT = {"transcribe", "obtainToken"}
 # DRF's LimitOffsetPagination reads an unusable `limit` or `offset` as its default (as the
@@ -303,9 +380,14 @@ def test_api_keeps_to_its_schema(case: Any, fuzzer: Account) -> None:
     # Past UPLOADS_PER_MINUTE every upload would be a 429 (tests/test_bad_input.py has that):
     # start each request with a fresh throttle, so uploads reach validation and probing.
     cache.clear()
-    case.call_and_validate(
-        headers={"Authorization": f"Bearer {fuzzer.token}"}, excluded_checks=excluded
+    before = upload_leftovers()
+    response = case.call_and_validate(
+        headers={"Authorization": f"Bearer {fuzzer.token}"},
+        additional_checks=[api_error_shape],
+        excluded_checks=excluded,
     )
+    if operation_id == "transcribe":
+        assert_upload_left_nothing(before, response.status_code)
 
 
 def test_a_real_upload_answers_as_documented(fuzzer, jfk):

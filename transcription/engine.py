@@ -213,7 +213,7 @@ def transcribe(
             "(more than its file said).",
             permanent=True,
         ) from None
-    except (ApiError, av.error.FFmpegError) as exc:  # it probed as audio, yet does not decode
+    except (ApiError, av.error.FFmpegError, OSError) as exc:  # it probed, yet does not decode
         logger.warning("decoding %s failed: %s", path.name, exc)
         raise EngineError(
             "undecodable", "The audio could not be decoded.", permanent=True

@@ -89,6 +89,10 @@ def open_audio(path: Path) -> Iterator[av.container.InputContainer]:
         except (av.error.FFmpegError, UnicodeDecodeError, ValueError):
             # Unrecognised bytes, or a format that is not on the list ("not on whitelist").
             raise not_audio("no audio format recognised in its bytes") from None
+        except OSError:
+            # A chunk claiming to be larger than any file, read through a Python file object
+            # whose seek refuses such an offset.
+            raise undecodable("its structure points past its end") from None
         with container:
             yield container
 
@@ -149,6 +153,8 @@ def _measure(how: Any, container: Any, stream: Any, stop_after_ms: int, deadline
         return int(how(container, stream, stop_after_ms=stop_after_ms, deadline=deadline))
     except av.error.FFmpegError as exc:
         raise undecodable(_ffmpeg_reason(exc)) from None
+    except OSError:
+        raise undecodable("its structure points past its end") from None
 
 
 def _content_type(format_name: str, codec: str) -> str:
@@ -183,11 +189,16 @@ def _demuxed_ms(container: Any, stream: Any, *, stop_after_ms: int, deadline: fl
     time_base = stream.time_base
     if time_base is None:
         return 0
+    # No real packet lasts a minute; a larger duration is garbage (FFmpeg's own Vorbis encoder
+    # writes a wrapped negative one into its last packet) and counts as unknown.
+    longest = int(60 / time_base)
     first: int | None = None
     furthest = 0
     summed = 0
     for packet in _within_budget(container.demux(stream), deadline):
         duration = packet.duration or 0
+        if not 0 < duration <= longest:
+            duration = 0
         summed += duration
         if packet.pts is not None:
             first = packet.pts if first is None else min(first, packet.pts)
