@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -26,11 +27,15 @@ from lingoloop.env import (
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-# Development by default, so `make run` works with nothing set. Production is DEBUG=0, and
-# then a real SECRET_KEY and ALLOWED_HOSTS are required (see "Security" in README.md).
-DEBUG = env_bool("DEBUG", True)
+# Off unless asked for: a debug page shows settings, paths and tracebacks to whoever gets one.
+# `make run` needs nothing set all the same: the secret key is generated and kept under
+# DATA_DIR, and ALLOWED_HOSTS defaults to this machine's own names.
+DEBUG = env_bool("DEBUG", False)
 
-DATA_DIR = Path(env_str("DATA_DIR", str(BASE_DIR / "data"))).resolve()
+# A source checkout keeps its data in the checkout's `data/`, wherever a command runs from;
+# an installed package (`pip install .`) uses `./data` in the working directory.
+_IN_CHECKOUT = (BASE_DIR / "manage.py").is_file() and (BASE_DIR / "pyproject.toml").is_file()
+DATA_DIR = Path(env_str("DATA_DIR", str(BASE_DIR / "data" if _IN_CHECKOUT else "data"))).resolve()
 UPLOAD_DIR = DATA_DIR / "uploads"
 UPLOAD_TEMP_DIR = DATA_DIR / "tmp"
 for _folder in (DATA_DIR, UPLOAD_DIR, UPLOAD_TEMP_DIR, DATA_DIR / "staticfiles"):
@@ -45,16 +50,12 @@ def _secret_key() -> str:
     """
     configured = env_str("SECRET_KEY")
     if configured:
-        if not DEBUG and (len(configured) < 50 or len(set(configured)) < 5):
+        if len(configured) < 50 or len(set(configured)) < 5:
             raise ImproperlyConfigured(
-                "SECRET_KEY must be at least 50 random characters when DEBUG=0"
+                "SECRET_KEY must be at least 50 random characters "
+                "(python -c 'import secrets; print(secrets.token_urlsafe(50))')"
             )
         return configured
-    if not DEBUG:
-        raise ImproperlyConfigured(
-            "SECRET_KEY is not set: DEBUG=0 needs a real one, the same on every machine "
-            "(python -c 'import secrets; print(secrets.token_urlsafe(50))')"
-        )
     key_file = DATA_DIR / "secret_key"
     if not key_file.exists():
         try:
@@ -67,18 +68,19 @@ def _secret_key() -> str:
 
 
 SECRET_KEY = _secret_key()
-if not DEBUG and not env_list("ALLOWED_HOSTS", []):
-    raise ImproperlyConfigured(
-        "ALLOWED_HOSTS is not set: DEBUG=0 needs the host names this service answers to"
-    )
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
 # Production hardening; behind a TLS-terminating proxy set TRUST_X_FORWARDED_PROTO=1.
-if env_bool("TRUST_X_FORWARDED_PROTO", False):
+_BEHIND_TLS = env_bool("TRUST_X_FORWARDED_PROTO", False)
+if _BEHIND_TLS:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
-SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("SECURE_COOKIES", not DEBUG)
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+# Secure cookies only where the service is reached over HTTPS: on http://127.0.0.1:8000 a
+# browser would not send them back, and nobody could log in.
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool(
+    "SECURE_COOKIES", _BEHIND_TLS or SECURE_SSL_REDIRECT
+)
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0, minimum=0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
 SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
@@ -101,6 +103,8 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "axes",
+    "csp",
     "django_eventstream",
     "django_q",
     "tasks_admin",
@@ -108,7 +112,10 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: the API's error shape for whatever any layer below answers under /api/.
+    "lingoloop.middleware.RequestGuards",
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -116,6 +123,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns a login refused for too many failures into a 429.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "lingoloop.urls"
@@ -187,17 +196,14 @@ if REDIS_URL:
     # EVENTSTREAM_REDIS: django-eventstream's own Redis path retries a dead Redis for seconds
     # per event and never reconnects its listener.
     EVENTS_REDIS = _redis_kwargs(REDIS_URL)
-    CACHES = {
-        "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
-            "LOCATION": REDIS_URL,
-        }
-    }
-else:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
-# django-q2 keeps cluster statistics in a cache; ours live in the worker table, so keep
-# django-q2's in process memory and the queue independent of Redis.
-CACHES["queue_stats"] = {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+# The cache holds nothing that must be shared or must survive: upload limits are counted in
+# the run table and login failures in axes' table, so a Redis outage cannot fail a request
+# through the cache. Process memory, for web and worker alike; django-q2 keeps its cluster
+# statistics there too (ours live in the worker table).
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "queue_stats": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+}
 
 EVENTSTREAM_STORAGE_CLASS = "django_eventstream.storage.DjangoModelStorage"
 
@@ -220,16 +226,15 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": [
-        "rest_framework.parsers.JSONParser",
+        "lingoloop.parsers.StrictJSONParser",
         "rest_framework.parsers.MultiPartParser",
         "rest_framework.parsers.FormParser",
     ],
     # `?format=` picks a transcript format (txt, srt…), not a DRF renderer.
     "URL_FORMAT_OVERRIDE": None,
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "DEFAULT_PAGINATION_CLASS": "lingoloop.pagination.BoundedLimitOffsetPagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "lingoloop.errors.api_exception_handler",
-    "DEFAULT_THROTTLE_RATES": {"uploads": f"{env_int('UPLOADS_PER_MINUTE', 30, minimum=1)}/min"},
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
 SPECTACULAR_SETTINGS = {
@@ -258,6 +263,7 @@ SPECTACULAR_SETTINGS = {
         "drf_spectacular.hooks.postprocess_schema_enums",
         # The two SSE endpoints are plain async Django views: described by hand.
         "transcription.schema.add_event_streams",
+        "lingoloop.openapi.document_request_guards",
     ],
 }
 
@@ -270,7 +276,12 @@ TRANSCRIBE_SYNC_MAX_DURATION_MS = env_int("TRANSCRIBE_SYNC_MAX_DURATION_MS", 60_
 TRANSCRIBE_SYNC_CONCURRENCY = env_int("TRANSCRIBE_SYNC_CONCURRENCY", 1, minimum=0)
 TASKS_INLINE_PROCESSING = env_bool("TASKS_INLINE_PROCESSING", False)
 USER_MAX_ACTIVE_RUNS = env_int("USER_MAX_ACTIVE_RUNS", 20, minimum=1)
+# Counted from the run table in the transaction that creates a run (transcription/services.py).
+UPLOADS_PER_MINUTE = env_int("UPLOADS_PER_MINUTE", 30, minimum=1)
 AUDIO_RETENTION_HOURS = env_int("AUDIO_RETENTION_HOURS", 0, minimum=0)
+# Hosts a run's callbackUrl may name although they are (or resolve to) private addresses:
+# an internal service the operator vouches for (transcription/callbacks.py).
+CALLBACK_ALLOWED_HOSTS = env_list("CALLBACK_ALLOWED_HOSTS", [])
 
 # Uploads go straight to disk in chunks, never a whole file in memory, and stop at
 # MAX_UPLOAD_BYTES while they stream.
@@ -339,6 +350,56 @@ EVENTS_TOKEN_TTL = env_int("EVENTS_TOKEN_TTL", 3600, minimum=10)
 EVENTS_DB_POLL_MS = env_int("EVENTS_DB_POLL_MS", 250, minimum=50)
 # ...and the safety net for anything pub/sub lost while Redis is connected.
 REDIS_SAFETY_POLL_MS = env_int("REDIS_SAFETY_POLL_MS", 5000, minimum=100)
+
+# --- Security headers and login throttling ------------------------------------------------
+
+# One policy for every response: no inline script anywhere, and no inline style but the one
+# <style> block of drf-spectacular's swagger_ui.html (/api/docs/), allowed by its hash.
+# tests/test_headers.py recomputes it: an upgrade that changes the block fails a test, not a page.
+_THIRD_PARTY_INLINE_STYLES = ["'sha256-MMpT0iDxyjALd9PdfepImGX3DBfJPXZ4IlDWdPAgtn0='"]
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'", *_THIRD_PARTY_INLINE_STYLES],
+        "img-src": ["'self'", "data:"],
+        "media-src": ["'self'"],
+        "connect-src": ["'self'"],
+        "font-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'none'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
+# Swagger UI would otherwise send the schema's URL to validator.swagger.io for a badge (on any
+# host but localhost), which the policy above refuses anyway.
+SPECTACULAR_SETTINGS["SWAGGER_UI_SETTINGS"] = {"deepLinking": True, "validatorUrl": None}
+
+# django-axes: failed logins are counted in the database (no Redis needed) on every door
+# (/api/auth/token, /accounts/login/, /admin/login/); see lingoloop/login_throttle.py for who is
+# counted together and README.md ("Security") for the reasoning.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # first: refuses a locked-out login before checking it
+    "django.contrib.auth.backends.ModelBackend",
+]
+LOGIN_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 10, minimum=1)
+LOGIN_COOLOFF_SECONDS = env_int("LOGIN_COOLOFF_SECONDS", 900, minimum=1)
+# Behind N reverse proxies that each append to X-Forwarded-For, the client is the N-th address
+# from the right. 0 (the default): REMOTE_ADDR, and X-Forwarded-For is ignored (a client could
+# write anything in it).
+TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0, minimum=0)
+AXES_FAILURE_LIMIT = LOGIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = timedelta(seconds=LOGIN_COOLOFF_SECONDS)
+AXES_LOCKOUT_PARAMETERS = "lingoloop.login_throttle.lockout_parameters"
+AXES_CLIENT_IP_CALLABLE = "lingoloop.login_throttle.client_address"
+AXES_LOCKOUT_CALLABLE = "lingoloop.login_throttle.lockout_response"
+# A refused attempt during a lock-out does not restart the cool-off: the lock ends when
+# Retry-After says, and an attacker cannot keep a lock going for free.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+# A success must not wipe the count: an attacker with an account of their own could otherwise
+# log in to it between guesses at someone else's password.
+AXES_RESET_ON_SUCCESS = False
 
 # --- Static, i18n, logging ----------------------------------------------------------------
 

@@ -68,7 +68,7 @@ def test_token_endpoint_trades_a_password_for_the_api_token(alice):
 
     assert response.status_code == 200
     assert response.json() == {"token": alice.token}
-    assert wrong.status_code == 400
+    assert wrong.status_code == 401
     assert wrong.json()["error"]["code"] == "invalid_credentials"
 
 

@@ -14,16 +14,16 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from rest_framework import status
 from rest_framework.authtoken.models import Token
 from rest_framework.negotiation import DefaultContentNegotiation
-from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.permissions import AllowAny
 from rest_framework.renderers import BaseRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.throttling import UserRateThrottle
 from rest_framework.views import APIView
 
 from lingoloop.errors import ApiError
+from lingoloop.login_throttle import record_api_login, too_many_attempts
 from lingoloop.openapi import error_responses
+from lingoloop.pagination import BoundedLimitOffsetPagination
 from transcription import services
 from transcription.events import progress_object, run_representation
 from transcription.exports import CONTENT_TYPES, RENDERERS
@@ -53,7 +53,10 @@ def get_run(request: Request, run_id: uuid.UUID) -> TranscriptRun:
 
 
 class TokenView(APIView):
-    """Trade a username and password for the long-lived API token."""
+    """Trade a username and password for the long-lived API token.
+
+    Failed logins are counted like those of the login pages (lingoloop/login_throttle.py).
+    """
 
     authentication_classes: list[Any] = []
     permission_classes = [AllowAny]
@@ -62,34 +65,54 @@ class TokenView(APIView):
         operation_id="obtainToken",
         tags=["auth"],
         request=TokenRequestSerializer,
+        parameters=[
+            OpenApiParameter(
+                "Retry-After",
+                int,
+                OpenApiParameter.HEADER,
+                response=[429],
+                description="Seconds until logins from this address or for this user are "
+                "accepted again.",
+            ),
+        ],
         responses={
             200: TokenAnswerSerializer,
-            **error_responses(400, 415, e400="Missing fields, or a wrong username or password."),
+            **error_responses(
+                400,
+                401,
+                415,
+                429,
+                e400="A missing or malformed field.",
+                e401="Wrong username or password (`invalid_credentials`).",
+                e429="Too many failed logins (`too_many_login_attempts`): see `Retry-After`.",
+            ),
         },
     )
     def post(self, request: Request) -> Response:
         serializer = TokenRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        user = authenticate(
-            request,
-            username=serializer.validated_data["username"],
-            password=serializer.validated_data["password"],
-        )
+        credentials = {
+            "username": serializer.validated_data["username"],
+            "password": serializer.validated_data["password"],
+        }
+        user = authenticate(request, **credentials)
         if user is None:
-            raise ApiError("invalid_credentials", "Wrong username or password.")
+            # django-axes marks the request when this failure reached the limit, or when the
+            # login was refused unchecked because an earlier one had.
+            if getattr(request, "axes_locked_out", False):
+                raise too_many_attempts(request, {"username": credentials["username"]})
+            raise ApiError(
+                "invalid_credentials",
+                "Wrong username or password.",
+                status_code=status.HTTP_401_UNAUTHORIZED,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        record_api_login(request, user.get_username())
         token, _ = Token.objects.get_or_create(user=user)
         return Response({"token": token.key})
 
 
-class UploadRateThrottle(UserRateThrottle):
-    """UPLOADS_PER_MINUTE per user; refused uploads answer 429 with Retry-After."""
-
-    scope = "uploads"
-
-
 class TranscribeView(APIView):
-    throttle_classes = [UploadRateThrottle]
-
     @extend_schema(
         operation_id="transcribe",
         tags=["runs"],
@@ -112,7 +135,7 @@ class TranscribeView(APIView):
             ),
             OpenApiParameter(
                 "Idempotency-Key",
-                {"type": "string", "maxLength": 200},
+                {"type": "string", "maxLength": 200, "pattern": "^[\\x20-\\x7e]*$"},
                 OpenApiParameter.HEADER,
                 description="The same key from the same user returns the run it first "
                 "created (200) instead of a new one.",
@@ -142,8 +165,12 @@ class TranscribeView(APIView):
         serializer = SubmitSerializer(data=request.data, context={"request": request})
         serializer.is_valid(raise_exception=True)
         key = request.headers.get("Idempotency-Key") or None
-        if key is not None and len(key) > 200:
-            raise ApiError("invalid", "Idempotency-Key is longer than 200 characters.")
+        if key is not None and (len(key) > 200 or not key.isprintable() or not key.isascii()):
+            raise ApiError(
+                "invalid",
+                "Idempotency-Key must be at most 200 printable ASCII characters.",
+                field="Idempotency-Key",
+            )
         run, created = services.run_submit(
             owner=request.user,  # type: ignore[arg-type]  # IsAuthenticated: never anonymous
             upload=serializer.validated_data["file"],
@@ -169,7 +196,9 @@ class RunListView(APIView):
         parameters=[
             OpenApiParameter("status", str, enum=RunStatus.values, description="Only these."),
             OpenApiParameter(
-                "limit", int, description="Page size (default 50); an unusable value means 50."
+                "limit",
+                int,
+                description="Page size (default 50, at most 200); an unusable value means 50.",
             ),
             OpenApiParameter("offset", int, description="Runs to skip; an unusable value means 0."),
         ],
@@ -186,7 +215,7 @@ class RunListView(APIView):
                     field="status",
                 )
             runs = runs.filter(status=wanted)
-        paginator = LimitOffsetPagination()
+        paginator = BoundedLimitOffsetPagination()
         page = paginator.paginate_queryset(runs, request, view=self) or []
         return paginator.get_paginated_response([run_representation(run) for run in page])
 

@@ -14,6 +14,7 @@ from django.http.response import HttpResponseBase
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
+from lingoloop.auth import is_token_shaped
 from lingoloop.errors import ApiError
 from transcription.events import (
     ALL_RUNS_CHANNEL,
@@ -41,12 +42,15 @@ def stream_user(request: HttpRequest) -> Any:
     if query_token is not None:
         user_id = user_id_from_events_token(query_token)
         if user_id is None:
-            if Token.objects.filter(key=query_token).exists():
+            if is_token_shaped(query_token) and Token.objects.filter(key=query_token).exists():
                 raise _unauthorized(
                     "api_token_in_url",
                     "API tokens are not accepted in URLs; use the eventsToken of a run.",
                 )
-            raise _unauthorized("invalid_events_token", "The events token is invalid or expired.")
+            raise _unauthorized(
+                "invalid_events_token",
+                "The events token is invalid, expired, or older than the user's API token.",
+            )
         user = User.objects.filter(pk=user_id, is_active=True).first()
         if user is None:
             raise _unauthorized("invalid_events_token", "The events token's user is gone.")
@@ -54,7 +58,12 @@ def stream_user(request: HttpRequest) -> Any:
 
     scheme, _, key = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() in {"bearer", "token"} and key.strip():
-        token = Token.objects.select_related("user").filter(key=key.strip()).first()
+        key = key.strip()
+        token = (
+            Token.objects.select_related("user").filter(key=key).first()
+            if is_token_shaped(key)
+            else None
+        )
         if token is None or not token.user.is_active:
             raise _unauthorized("authentication_failed", "Invalid token.")
         return token.user

@@ -225,6 +225,7 @@ def token_page(request: HttpRequest) -> HttpResponse:
         with transaction.atomic():
             Token.objects.filter(user=user).delete()
             Token.objects.create(user=user)
+        # Events tokens are bound to the API token (transcription/tokens.py): this revokes them too.
         messages.success(request, "A new token was created. The old one no longer works.")
         return redirect("account-token")
     token = Token.objects.filter(user=user).first()

@@ -25,6 +25,9 @@
   var cancelling = false;
   var events = null;
   var lastEventId = root.dataset.lastEventId;
+  // The page renders the progress as a number; the width follows from it here (the Content
+  // Security Policy allows no inline style).
+  LL.setBar(bar, bar.getAttribute("aria-valuenow"));
 
   // --- Status -------------------------------------------------------------------------------
 
