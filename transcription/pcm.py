@@ -34,13 +34,15 @@ def pcm_chunks(path: Path, *, max_ms: int) -> Iterator[np.ndarray]:
     decoded = 0
     with open_audio(path) as container:
         stream = first_audio_stream(container)
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+        # 16-bit first, as faster_whisper.decode_audio does: the model then hears exactly
+        # what it hears through faster-whisper's own decoding.
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
         # The trailing None flushes what the resampler still holds.
         for frame in itertools.chain(decoded_frames(container, stream), [None]):
             if frame is not None:
                 frame.pts = None  # the resampler keeps its own timeline across bad packets
             for out in resampler.resample(frame):
-                samples = out.to_ndarray().reshape(-1)
+                samples = out.to_ndarray().reshape(-1).astype(np.float32) / 32768.0
                 decoded += samples.shape[0]
                 if decoded > max_samples:
                     raise AudioTooLong(f"more than {max_ms} ms of audio decoded")
