@@ -64,7 +64,8 @@ WORKER_TARGET = {
         "workerId": {
             "type": "string",
             "nullable": True,
-            "description": "Just this worker cluster; all of them when null or left out.",
+            "description": "Just this worker cluster; all of them when null or left out. "
+            "`?workerId=` wins when both are given.",
         }
     },
     "additionalProperties": False,
@@ -91,11 +92,7 @@ class WorkerControlView(APIView):
             raise ApiError("unknown_field", "The body takes only workerId.", field=unknown[0])
         if in_body is not None and not isinstance(in_body, str):
             raise ApiError("invalid", "workerId must be a string.", field="workerId")
-        if in_query and in_body and in_query != in_body:
-            raise ApiError(
-                "invalid", "workerId differs between the query and the body.", field="workerId"
-            )
-        wanted = in_query or in_body
+        wanted = in_query or in_body  # the query's, when both name one
         if wanted and has_control_characters(wanted):
             raise ApiError(
                 "invalid_characters",
