@@ -57,8 +57,8 @@ class StrictJSONParser(JSONParser):
                     "surrogates.",
                     code="invalid_characters",
                 )
-                named = field is not None and not has_control_characters(field)
-                raise ValidationError(
-                    {field if named and not _unencodable(field) else "non_field_errors": [message]}
+                clean = field is not None and not (
+                    has_control_characters(field) or _unencodable(field)
                 )
+                raise ValidationError({field if clean and field else "non_field_errors": [message]})
         return document

@@ -26,6 +26,8 @@ from lingoloop.env import (
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+# The web UI's templates and static files live in this package, so an installed wheel has them.
+PACKAGE_DIR = Path(__file__).resolve().parent
 
 # Off unless asked for: a debug page shows settings, paths and tracebacks to whoever gets one.
 # `make run` needs nothing set all the same: the secret key is generated and kept under
@@ -133,7 +135,7 @@ ASGI_APPLICATION = "lingoloop.asgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [BASE_DIR / "templates"],
+        "DIRS": [PACKAGE_DIR / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
@@ -404,7 +406,7 @@ AXES_RESET_ON_SUCCESS = False
 # --- Static, i18n, logging ----------------------------------------------------------------
 
 STATIC_URL = "/static/"
-STATICFILES_DIRS = [BASE_DIR / "static"]
+STATICFILES_DIRS = [PACKAGE_DIR / "static"]
 STATIC_ROOT = DATA_DIR / "staticfiles"
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},

@@ -25,7 +25,9 @@ class Command(BaseCommand):
     def handle(self, *args: Any, host: str, port: int, **options: Any) -> None:
         python = sys.executable
         web = subprocess.Popen([python, "-m", "lingoloop.server", "-b", host, "-p", str(port)])
-        worker = subprocess.Popen([python, "manage.py", "worker"])
+        # `-m django`, not manage.py: an installed package has no manage.py (the settings
+        # module reaches the child through the environment).
+        worker = subprocess.Popen([python, "-m", "django", "worker"])
         children = [web, worker]
         self.stdout.write(
             self.style.SUCCESS(f"LingoLoop is starting on http://{host}:{port}/ (Ctrl-C stops it)")
