@@ -199,6 +199,36 @@ def test_3_requests_that_broke_django_get_the_api_error_shape(processes, debug):
     assert_nothing_left(processes.data_dir)
 
 
+# --- 4. Logins are throttled on every door --------------------------------------------------
+
+
+def test_4_wrong_passwords_on_every_door_end_in_429_with_retry_after(processes):
+    make_account("alice")
+    base = processes.web(LOGIN_FAILURE_LIMIT="5")
+
+    api = [
+        httpx.post(f"{base}/api/auth/token", json={"username": "alice", "password": "no"})
+        for _ in range(5)
+    ]
+    assert [answer.status_code for answer in api] == [401] * 4 + [429]
+    assert_api_error(api[-1], 429, "too_many_login_attempts")
+    assert int(api[-1].headers["Retry-After"]) > 0
+
+    for door in ("/accounts/login/", "/admin/login/"):
+        with httpx.Client(base_url=base, timeout=10) as browser:
+            page = browser.get(door)
+            csrf = browser.cookies["csrftoken"]
+            answer = browser.post(
+                door,
+                data={"username": "alice", "password": "no", "csrfmiddlewaretoken": csrf},
+                headers={"Referer": f"{base}{door}"},
+            )
+            assert page.status_code == 200
+            assert answer.status_code == 429, (door, answer.status_code)
+            assert int(answer.headers["Retry-After"]) > 0
+            assert "Traceback" not in answer.text
+
+
 # --- 5. A dead Redis breaks nothing ---------------------------------------------------------
 
 
