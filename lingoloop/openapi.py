@@ -77,7 +77,9 @@ def document_request_guards(
 ) -> dict[str, Any]:
     """POSTPROCESSING_HOOKS entry, last: every operation may answer 400 (the middleware's
     refusal of control characters comes before any view), and every free-text query
-    parameter says which characters it takes."""
+    parameter and request-body field says which characters it takes (the middleware and
+    lingoloop.parsers.StrictJSONParser refuse the rest)."""
+    components = result.get("components", {}).get("schemas", {})
     for operations in result.get("paths", {}).values():
         for operation in operations.values():
             if not isinstance(operation, dict) or "responses" not in operation:
@@ -93,9 +95,17 @@ def document_request_guards(
             )
             for parameter in operation.get("parameters", []):
                 schema = parameter.get("schema", {})
-                free_text = schema.get("type") == "string" and not (
-                    {"enum", "format", "pattern"} & schema.keys()
-                )
-                if parameter.get("in") == "query" and free_text:
+                if parameter.get("in") == "query" and _is_free_text(schema):
                     schema["pattern"] = _NO_CONTROL_CHARACTERS
+            for media in operation.get("requestBody", {}).get("content", {}).values():
+                body = media.get("schema", {})
+                if "$ref" in body:
+                    body = components.get(body["$ref"].rsplit("/", 1)[-1], {})
+                for field in body.get("properties", {}).values():
+                    if _is_free_text(field):
+                        field["pattern"] = _NO_CONTROL_CHARACTERS
     return result
+
+
+def _is_free_text(schema: dict[str, Any]) -> bool:
+    return schema.get("type") == "string" and not ({"enum", "format", "pattern"} & schema.keys())
