@@ -37,6 +37,7 @@ from transcription.schema import (
     TranscriptJsonSerializer,
 )
 from transcription.serializers import SubmitSerializer, TokenRequestSerializer
+from transcription.tokens import events_token_for
 
 
 def runs_visible_to(request: Request) -> QuerySet[TranscriptRun]:
@@ -217,7 +218,11 @@ class RunListView(APIView):
             runs = runs.filter(status=wanted)
         paginator = BoundedLimitOffsetPagination()
         page = paginator.paginate_queryset(runs, request, view=self) or []
-        return paginator.get_paginated_response([run_representation(run) for run in page])
+        # One events token per owner, not per run: each costs a look-up of the API token.
+        tokens = {owner: events_token_for(owner) for owner in {run.owner_id for run in page}}
+        return paginator.get_paginated_response(
+            [run_representation(run, events_token=tokens[run.owner_id]) for run in page]
+        )
 
 
 class RunDetailView(APIView):

@@ -92,8 +92,11 @@ def progress_object(run: TranscriptRun, *, queue_position: int | None = None) ->
     }
 
 
-def run_representation(run: TranscriptRun) -> dict[str, Any]:
-    """A run as the API returns it: the progress object plus its options and results."""
+def run_representation(run: TranscriptRun, *, events_token: str | None = None) -> dict[str, Any]:
+    """A run as the API returns it: the progress object plus its options and results.
+
+    `events_token`: the owner's, when the caller made it already (one per owner on a page).
+    """
     data = progress_object(run)
     data.update(
         {
@@ -111,7 +114,7 @@ def run_representation(run: TranscriptRun) -> dict[str, Any]:
             },
             "priority": run.priority,
             "callbackUrl": run.callback_url or None,
-            "eventsToken": events_token_for(run.owner_id),
+            "eventsToken": events_token or events_token_for(run.owner_id),
         }
     )
     if run.status == RunStatus.SUCCEEDED:
