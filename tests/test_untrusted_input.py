@@ -7,6 +7,7 @@ process, and a real worker where one matters) and checks what the attacker now g
 from __future__ import annotations
 
 import http.server
+import itertools
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -123,13 +124,19 @@ def test_1_long_audio_is_transcribed_whole_across_the_engine_windows(processes, 
     )
 
     stored = TranscriptRun.objects.get(pk=run["runId"])
-    said = words(stored.text)
-    # Each saying is 23 words; whisper merges or drops a few across repeats of one sentence.
-    assert len(said) >= 0.9 * 24 * 23
-    assert " ".join(said).count("ask not what your country") >= 20
-    ends = [segment["end"] for segment in stored.segments]
-    assert ends == sorted(ends) and ends[-1] > 24 * 12 - 5
-    assert [segment["id"] for segment in stored.segments] == list(range(len(stored.segments)))
+    segments = stored.segments
+    assert [segment["id"] for segment in segments] == list(range(len(segments)))
+    # Nothing lost at a window's edge: the speech is continuous but for a second of silence
+    # after each 11 s saying, so no stretch of 8 s is left without a segment (a lost
+    # segment would leave 10 s or more)...
+    edges = [0.0] + [edge for s in segments for edge in (s["start"], s["end"])] + [288.0]
+    holes = [(a, b) for a, b in zip(edges[::2], edges[1::2], strict=True) if b - a > 8]
+    assert holes == []
+    # ...and nothing said twice: segments follow each other in time.
+    assert all(a["end"] <= b["start"] + 0.5 for a, b in itertools.pairwise(segments))
+    # Whisper falls back to sampling on a sentence repeated 24 times, so the words vary from
+    # run to run (86-98% of them came back in trials, windowed or not): a floor, no more.
+    assert len(words(stored.text)) >= 0.8 * 24 * 23
 
 
 # --- 2. Per-user limits hold under parallel requests ---------------------------------------
