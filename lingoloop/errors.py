@@ -113,19 +113,38 @@ def _parsing_limit(exc: SuspiciousOperation) -> ApiError:
     return ApiError("bad_request", "The request could not be understood.")
 
 
+# What Django itself answered, not a view: a URL that matches no route, a parsing limit, an
+# exception nobody caught (handler404/handler500 below, lingoloop.middleware.RequestGuards).
+_STATUS_ERRORS = {
+    400: ("bad_request", "The request could not be understood."),
+    401: ("not_authenticated", "Authentication credentials were not provided."),
+    403: ("permission_denied", "You may not do this."),
+    404: ("not_found", "No such resource."),
+    405: ("method_not_allowed", "This method is not allowed here."),
+    413: ("request_too_large", "The request is larger than this service accepts."),
+    500: ("server_error", "Something went wrong on our side."),
+}
+
+
+def status_error(status_code: int) -> JsonResponse:
+    """The API's error shape for a bare HTTP status."""
+    code, message = _STATUS_ERRORS.get(
+        status_code, ("error" if status_code < 500 else "server_error", "The request failed.")
+    )
+    error = ApiError(code, message, status_code=status_code)
+    return JsonResponse(error.as_dict(), status=status_code)
+
+
 def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     """`handler404`: a URL that matches no route (a run id that is not a UUID, say) answers
     the API's error shape under /api/, and Django's page elsewhere."""
     if request.path.startswith("/api/"):
-        return JsonResponse(
-            ApiError("not_found", "No such resource.", status_code=404).as_dict(), status=404
-        )
+        return status_error(404)
     return page_not_found(request, exception or Http404())
 
 
 def server_error(request: HttpRequest) -> HttpResponse:
     """`handler500`: the API's error shape under /api/, Django's page elsewhere."""
     if request.path.startswith("/api/"):
-        error = ApiError("server_error", "Something went wrong on our side.", status_code=500)
-        return JsonResponse(error.as_dict(), status=500)
+        return status_error(500)
     return django_server_error(request)

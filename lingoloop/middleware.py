@@ -20,17 +20,7 @@ from django.http import HttpRequest, HttpResponseBadRequest, JsonResponse
 from django.http.response import HttpResponseBase
 
 from lingoloop.characters import has_control_characters
-from lingoloop.errors import ApiError
-
-_CODES = {
-    400: ("bad_request", "The request could not be understood."),
-    401: ("not_authenticated", "Authentication credentials were not provided."),
-    403: ("permission_denied", "You may not do this."),
-    404: ("not_found", "No such resource."),
-    405: ("method_not_allowed", "This method is not allowed here."),
-    413: ("request_too_large", "The request is larger than this service accepts."),
-    500: ("server_error", "Something went wrong on our side."),
-}
+from lingoloop.errors import ApiError, status_error
 
 
 def _is_api(request: HttpRequest) -> bool:
@@ -39,14 +29,11 @@ def _is_api(request: HttpRequest) -> bool:
 
 def _bad_query(request: HttpRequest) -> HttpResponseBase | None:
     for key, values in request.GET.lists():
-        if has_control_characters(key) or any(map(has_control_characters, values)):
+        bad_key = has_control_characters(key)
+        if bad_key or any(map(has_control_characters, values)):
             message = "Query parameters may not contain NUL or other control characters."
             if _is_api(request):
-                error = ApiError(
-                    "invalid_characters",
-                    message,
-                    field=key if not has_control_characters(key) else None,
-                )
+                error = ApiError("invalid_characters", message, field=None if bad_key else key)
                 return JsonResponse(error.as_dict(), status=400)
             return HttpResponseBadRequest(message, content_type="text/plain")
     return None
@@ -60,12 +47,7 @@ def _as_api_error(request: HttpRequest, response: HttpResponseBase) -> HttpRespo
         or response.get("Content-Type", "").startswith("application/json")
     ):
         return response
-    code, message = _CODES.get(
-        response.status_code,
-        ("error" if response.status_code < 500 else "server_error", "The request failed."),
-    )
-    error = ApiError(code, message, status_code=response.status_code)
-    converted = JsonResponse(error.as_dict(), status=response.status_code)
+    converted = status_error(response.status_code)
     for header in ("Allow", "Retry-After", "WWW-Authenticate"):
         if header in response:
             converted[header] = response[header]
