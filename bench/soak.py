@@ -76,7 +76,7 @@ STOP_MARGIN_SECONDS = 20
 # Lines counted in the process logs (evidence, not invariants).
 LOG_MARKERS = {
     "traceback": re.compile(r"^Traceback"),
-    "attempt_failed": re.compile(r"WARNING tasks_admin\.runner: job \S+ attempt \d+ failed"),
+    "attempt_failed": re.compile(r"ERROR tasks_admin\.runner: job \S+ \(\S+\) attempt \d+ failed"),
     "lease_lost": re.compile(r"lease lost, this attempt writes nothing"),
     "result_dropped": re.compile(r"claim was gone: result dropped"),
     "reaped": re.compile(r"took back \d+ job\(s\) whose worker stopped renewing"),

@@ -1,7 +1,9 @@
 """One error shape for the whole API.
 
-Every refusal is `{"error": {"code", "message", "field"}}` with a fitting status. Code raises
-`ApiError`; DRF's own exceptions are translated by `api_exception_handler`.
+Every refusal is `{"error": {"code", "message", "field"}}` with a fitting status. The HTTP
+layer raises `ApiError`; domain code raises a `lingoloop.refusals.Refused`, whose kind decides
+the status here (`REFUSAL_STATUS`); DRF's own exceptions are translated by
+`api_exception_handler`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
+from lingoloop import refusals
+
 
 class ApiError(Exception):
     def __init__(
@@ -40,11 +44,40 @@ class ApiError(Exception):
         self.status_code = status_code
         self.headers = headers or {}
 
+    @classmethod
+    def from_refusal(cls, refusal: refusals.Refused) -> ApiError:
+        """The API's answer to a domain refusal: its status comes from its kind."""
+        status_code = next(
+            code for kind, code in REFUSAL_STATUS.items() if isinstance(refusal, kind)
+        )
+        headers = (
+            {"Retry-After": str(refusal.retry_after)}
+            if isinstance(refusal, refusals.LimitReached)
+            else {}
+        )
+        return cls(
+            refusal.code,
+            refusal.message,
+            field=refusal.field,
+            status_code=status_code,
+            headers=headers,
+        )
+
     def as_dict(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message, "field": self.field}}
 
     def response(self) -> Response:
         return Response(self.as_dict(), status=self.status_code, headers=self.headers)
+
+
+# Most specific first: the first kind a refusal is an instance of gives its status.
+REFUSAL_STATUS: dict[type[refusals.Refused], int] = {
+    refusals.NotAudio: status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+    refusals.Unprocessable: status.HTTP_422_UNPROCESSABLE_ENTITY,
+    refusals.Conflict: status.HTTP_409_CONFLICT,
+    refusals.LimitReached: status.HTTP_429_TOO_MANY_REQUESTS,
+    refusals.Refused: status.HTTP_400_BAD_REQUEST,  # Invalid, and any kind not named above
+}
 
 
 def _first_validation_error(detail: Any, prefix: str | None = None) -> tuple[str | None, Any]:
@@ -75,6 +108,8 @@ _CODES = {
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, ApiError):
         return exc.response()
+    if isinstance(exc, refusals.Refused):
+        return ApiError.from_refusal(exc).response()
     if isinstance(exc, SuspiciousOperation):
         # Django's request parsing limits (DATA_UPLOAD_MAX_*), met while DRF reads the body.
         return _parsing_limit(exc).response()

@@ -181,6 +181,8 @@ def _redis_kwargs(url: str) -> dict[str, object]:
         "port": parsed.port or 6379,
         "db": int(parsed.path.lstrip("/") or 0),
         "socket_connect_timeout": 2,
+        # A command's timeout (publish, subscribe). Not a wait for pub/sub messages: redis-py
+        # 5.x would apply it to an idle subscriber too, so the hub waits with its own.
         "socket_timeout": 5,
     }
     if parsed.password:
@@ -194,7 +196,7 @@ def _redis_kwargs(url: str) -> dict[str, object]:
 
 if REDIS_URL:
     # Every event is published on Redis pub/sub, so an event sent by a worker reaches the
-    # streams held by every web process at once (transcription/sse.py). Not
+    # streams held by every web process at once (lingoloop/eventhub.py). Not
     # EVENTSTREAM_REDIS: django-eventstream's own Redis path retries a dead Redis for seconds
     # per event and never reconnects its listener.
     EVENTS_REDIS = _redis_kwargs(REDIS_URL)
@@ -276,6 +278,8 @@ MAX_AUDIO_DURATION_MS = env_int("MAX_AUDIO_DURATION_MS", 4 * 3600 * 1000, minimu
 TRANSCRIBE_SYNC_MAX_BYTES = env_int("TRANSCRIBE_SYNC_MAX_BYTES", 10 * 1024 * 1024, minimum=0)
 TRANSCRIBE_SYNC_MAX_DURATION_MS = env_int("TRANSCRIBE_SYNC_MAX_DURATION_MS", 60_000, minimum=0)
 TRANSCRIBE_SYNC_CONCURRENCY = env_int("TRANSCRIBE_SYNC_CONCURRENCY", 1, minimum=0)
+# mode=sync: how long a request waits for a busy sync slot before its file goes to the queue.
+TRANSCRIBE_SYNC_WAIT_MS = env_int("TRANSCRIBE_SYNC_WAIT_MS", 30_000, minimum=0)
 TASKS_INLINE_PROCESSING = env_bool("TASKS_INLINE_PROCESSING", False)
 USER_MAX_ACTIVE_RUNS = env_int("USER_MAX_ACTIVE_RUNS", 20, minimum=1)
 # Counted from the run table in the transaction that creates a run (transcription/services.py).
@@ -315,6 +319,9 @@ JOB_TIMEOUT = env_int("JOB_TIMEOUT", 1800, minimum=1)
 JOB_LEASE_SECONDS = env_int("JOB_LEASE_SECONDS", 60, minimum=3)
 # How long a cluster may hold a picked job in memory before another cluster may take it.
 JOB_PICK_HOLD_SECONDS = env_int("JOB_PICK_HOLD_SECONDS", 15, minimum=1)
+# Finished jobs (the queue's bookkeeping, not the runs) older than this are deleted by the
+# worker loop; 0 keeps them for ever.
+JOB_RETENTION_DAYS = env_int("JOB_RETENTION_DAYS", 30, minimum=0)
 
 # SIGTERM/SIGINT: running jobs may finish for this long, then go back to the queue.
 WORKER_SHUTDOWN_GRACE_SECONDS = env_int("WORKER_SHUTDOWN_GRACE_SECONDS", 60, minimum=0)

@@ -3,6 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
+from tasks_admin.urls import queue_urls
 from transcription.urls import api_urls, web_urls
 
 urlpatterns = [
@@ -11,6 +12,7 @@ urlpatterns = [
     # script (CONTENT_SECURITY_POLICY in settings.py).
     path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="api-docs"),
     path("api/", include(api_urls)),
+    path("api/", include(queue_urls)),
     path("admin/", admin.site.urls),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),

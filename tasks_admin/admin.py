@@ -1,10 +1,11 @@
 """The Django admin for the queue: Job and Worker lists, operator actions, the queue dashboard.
 
-`tasks_admin` never imports `transcription`. Where the queue admin shows what a job serves
-(its run's owner, file and audio length, and the dashboard's throughput in audio minutes), it
-follows `Job.run` by name in the query: the model already declares that relation as the string
-"transcription.TranscriptRun", so reading across it adds no import and no new coupling, and each
-figure stays one SQL query. Run actions (cancel, retry) live with the run, in
+`tasks_admin` never imports `transcription`, nor names its fields. What a job serves (its
+run's owner, file and audio length, a link to it; the dashboard's throughput in audio minutes;
+what the search box and the owner filter look in) comes from the job type's handler
+(`BaseJobHandler.describe_many`, `media_ms`, `subject_search_fields`, `subject_owner_field`),
+which the app that owns the subject declares. A page of jobs costs a fixed number of queries:
+one `describe_many` per job type on the page. Run actions (cancel, retry) live with the run, in
 `transcription/admin.py`.
 
 Every state change made here is a compare-and-set on the status the operator saw, so an action
@@ -13,12 +14,13 @@ racing a worker changes the row only if the worker has not moved it on meanwhile
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.contrib import admin, messages
-from django.db.models import Min, QuerySet, Sum
+from django.contrib.admin.views.main import ChangeList
+from django.db.models import Min, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
@@ -27,7 +29,9 @@ from django.utils.html import format_html
 from django.utils.text import Truncator
 from django.views.decorators.http import require_POST
 
-from tasks_admin.models import Job, JobStatus, Worker, WorkerState
+from lingoloop.admin import ReadOnlyModelAdmin
+from tasks_admin.handlers import Subject, describe, handlers
+from tasks_admin.models import Job, JobStatus, Worker, WorkerState, with_current_jobs
 from tasks_admin.runner import hand_back
 
 DASHBOARD_REFRESH_SECONDS = 5
@@ -52,14 +56,52 @@ def format_duration_ms(duration_ms: int | None) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def _report(
-    request: HttpRequest, done: int, verb: str, skipped: Iterable[tuple[object, str]]
+def _apply_each(
+    request: HttpRequest, jobs: Iterable[Job], verb: str, change: Callable[[Job], str | None]
 ) -> None:
-    """One success line for the jobs that changed, one warning per job that did not."""
+    """Apply an operator action to each job: `change` returns why it left a job alone, or None
+    when it changed it. One success line for the jobs that changed, one warning per other."""
+    done, skipped = 0, []
+    for job in jobs:
+        why = change(job)
+        if why is None:
+            done += 1
+        else:
+            skipped.append(f"{job}: {why}")
     if done:
         messages.success(request, f"{verb} {done} job(s).")
-    for obj, why in skipped:
-        messages.warning(request, f"{obj}: {why}")
+    for warning in skipped:
+        messages.warning(request, warning)
+
+
+def _requeue_now(job: Job) -> str | None:
+    # The claim at task start is still the compare-and-set that counts, so a cluster that
+    # held this job and starts it anyway cannot run it twice.
+    if Job.objects.filter(pk=job.pk, status=JobStatus.QUEUED).update(
+        run_after=timezone.now(), picked_by="", picked_until=None
+    ):
+        return None
+    return "only a queued job can be requeued"
+
+
+def _release_lease(job: Job) -> str | None:
+    # hand_back compares on (processing, this holder): if the worker finished or another took
+    # the job over since the page was loaded, nothing changes. The lease keeper of the worker
+    # that held it finds the claim gone, and that attempt writes nothing.
+    if hand_back(job, holder=job.locked_by, reason="released by an operator"):
+        return None
+    return "not processing (any more): nothing to release"
+
+
+def _cancel_unowned(job: Job) -> str | None:
+    if job.run_id is not None:
+        # The run must end too (and tell its watchers): that is the run's own action.
+        return "it serves a run: cancel the run instead"
+    if Job.objects.filter(pk=job.pk, status=JobStatus.QUEUED, run__isnull=True).update(
+        status=JobStatus.CANCELLED, finished_at=timezone.now(), picked_by="", picked_until=None
+    ):
+        return None
+    return "only a queued job can be cancelled"
 
 
 def set_worker_state(workers: QuerySet[Worker], state: str) -> int:
@@ -68,13 +110,34 @@ def set_worker_state(workers: QuerySet[Worker], state: str) -> int:
     return chosen.pause() if state == WorkerState.PAUSED else chosen.resume()
 
 
+def with_subjects(jobs: Sequence[Job]) -> Sequence[Job]:
+    """Set `job.subject` (a Subject, or None) on each of a page of jobs."""
+    subjects = describe(jobs)
+    for job in jobs:
+        job.subject = subjects.get(job.pk)  # type: ignore[attr-defined]
+    return jobs
+
+
+def subject_of(job: Job) -> Subject | None:
+    return getattr(job, "subject", None)
+
+
+class JobChangeList(ChangeList):
+    def get_results(self, request: HttpRequest) -> None:
+        super().get_results(request)
+        with_subjects(self.result_list)
+
+
 @admin.register(Job)
-class JobAdmin(admin.ModelAdmin):
+class JobAdmin(ReadOnlyModelAdmin):
+    """Jobs change only through the compare-and-set actions below. Deleting one would strand
+    its run in `queued` for ever: cancel the run instead."""
+
     list_display = [
         "short_id",
         "job_type",
         "status",
-        "run_link",
+        "subject_link",
         "owner",
         "file",
         "duration",
@@ -85,51 +148,48 @@ class JobAdmin(admin.ModelAdmin):
         "run_after",
         "created_at",
     ]
-    list_filter = [
-        "status",
-        "job_type",
-        ("run__owner", admin.RelatedOnlyFieldListFilter),
-    ]
-    search_fields = ["id", "run__id", "run__audio__original_filename"]
-    # The owner and file columns walk job → run → owner/audio: one joined query per page.
-    list_select_related = ["run__owner", "run__audio"]
     ordering = ["-created_at"]
     date_hierarchy = "created_at"
     actions = ["requeue_now", "release_lease", "cancel_jobs"]
 
-    # Rows change only through the compare-and-set actions below; the form is for reading.
-    def has_change_permission(self, request: HttpRequest, obj: Job | None = None) -> bool:
-        return obj is None and super().has_change_permission(request)
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return JobChangeList
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
+    def get_search_fields(self, request: HttpRequest) -> list[str]:
+        found = (field for handler in handlers() for field in handler.subject_search_fields)
+        return ["id", *dict.fromkeys(found)]
 
-    # Deleting a job would strand its run in `queued` for ever: cancel it instead.
-    def has_delete_permission(self, request: HttpRequest, obj: Job | None = None) -> bool:
-        return False
+    def get_list_filter(self, request: HttpRequest) -> list[Any]:
+        owners = dict.fromkeys(h.subject_owner_field for h in handlers() if h.subject_owner_field)
+        return ["status", "job_type", *((f, admin.RelatedOnlyFieldListFilter) for f in owners)]
 
     @admin.display(description="job", ordering="created_at")
     def short_id(self, job: Job) -> str:
         return str(job.id)[:8]
 
-    @admin.display(description="run")
-    def run_link(self, job: Job) -> str:
-        if job.run_id is None:
+    @admin.display(description="serves")
+    def subject_link(self, job: Job) -> str:
+        subject = subject_of(job)
+        if subject is None:
             return "—"
-        url = reverse("admin:transcription_transcriptrun_change", args=[job.run_id])
-        return format_html('<a href="{}">{}</a>', url, str(job.run_id)[:8])
+        if not subject.url:
+            return subject.label
+        return format_html('<a href="{}">{}</a>', subject.url, subject.label)
 
-    @admin.display(description="owner", ordering="run__owner__username")
+    @admin.display(description="owner")
     def owner(self, job: Job) -> str:
-        return job.run.owner.get_username() if job.run is not None else "—"
+        subject = subject_of(job)
+        return subject.owner if subject and subject.owner else "—"
 
-    @admin.display(description="file", ordering="run__audio__original_filename")
+    @admin.display(description="file")
     def file(self, job: Job) -> str:
-        return job.run.audio.original_filename if job.run is not None else "—"
+        subject = subject_of(job)
+        return subject.name if subject and subject.name else "—"
 
-    @admin.display(description="duration", ordering="run__audio__duration_ms")
+    @admin.display(description="duration")
     def duration(self, job: Job) -> str:
-        return format_duration_ms(job.run.audio.duration_ms) if job.run is not None else "—"
+        subject = subject_of(job)
+        return format_duration_ms(subject.duration_ms if subject else None)
 
     @admin.display(description="attempts", ordering="attempts")
     def attempts_display(self, job: Job) -> str:
@@ -144,50 +204,18 @@ class JobAdmin(admin.ModelAdmin):
         description="Requeue now (due at once, drop any cluster's pick hold)",
     )
     def requeue_now(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
-        done, skipped = 0, []
-        for job in queryset:
-            # The claim at task start is still the compare-and-set that counts, so a cluster
-            # that held this job and starts it anyway cannot run it twice.
-            if Job.objects.filter(pk=job.pk, status=JobStatus.QUEUED).update(
-                run_after=timezone.now(), locked_by="", locked_until=None
-            ):
-                done += 1
-            else:
-                skipped.append((job, "only a queued job can be requeued"))
-        _report(request, done, "Requeued", skipped)
+        _apply_each(request, queryset, "Requeued", _requeue_now)
 
     @admin.action(
         permissions=["change"],
         description="Release lease (hand a stuck processing job back to the queue)",
     )
     def release_lease(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
-        done, skipped = 0, []
-        for job in queryset:
-            # hand_back compares on (processing, this holder): if the worker finished or
-            # another took the job over since the page was loaded, nothing changes. The
-            # worker that held it finds its claim gone at its next heartbeat and writes nothing.
-            if hand_back(job, holder=job.locked_by, reason="released by an operator"):
-                done += 1
-            else:
-                skipped.append((job, "not processing (any more): nothing to release"))
-        _report(request, done, "Released", skipped)
+        _apply_each(request, queryset, "Released", _release_lease)
 
     @admin.action(permissions=["change"], description="Cancel queued jobs that serve no run")
     def cancel_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
-        done, skipped = 0, []
-        for job in queryset:
-            if job.run_id is not None:
-                # The run must end too (and tell its watchers): that is the run's own action.
-                skipped.append((job, "it serves a run: cancel the run instead"))
-                continue
-            now = timezone.now()
-            if Job.objects.filter(pk=job.pk, status=JobStatus.QUEUED, run__isnull=True).update(
-                status=JobStatus.CANCELLED, finished_at=now, locked_by="", locked_until=None
-            ):
-                done += 1
-            else:
-                skipped.append((job, "only a queued job can be cancelled"))
-        _report(request, done, "Cancelled", skipped)
+        _apply_each(request, queryset, "Cancelled", _cancel_unowned)
 
     # --- The queue dashboard ------------------------------------------------------------
 
@@ -214,10 +242,10 @@ class JobAdmin(admin.ModelAdmin):
             "title": "Queue dashboard",
             "refresh_seconds": DASHBOARD_REFRESH_SECONDS,
             **queue_figures(timezone.now()),
-            "workers": Worker.objects.order_by("started_at"),
-            "processing": Job.objects.filter(status=JobStatus.PROCESSING)
-            .select_related("run__audio")
-            .order_by("started_at")[:20],
+            "workers": with_current_jobs(Worker.objects.order_by("started_at")),
+            "processing": with_subjects(
+                list(Job.objects.filter(status=JobStatus.PROCESSING).order_by("started_at")[:20])
+            ),
             "opts": self.opts,
         }
         return TemplateResponse(request, "admin/tasks_admin/queue_dashboard.html", context)
@@ -240,17 +268,15 @@ class JobAdmin(admin.ModelAdmin):
 def queue_figures(now: datetime) -> dict[str, Any]:
     """The dashboard's numbers, as of `now`.
 
-    Throughput is audio minutes transcribed per wall minute over the last hour: the audio
-    length of the runs whose job succeeded in that hour, divided by 60. A succeeded run has
-    exactly one succeeded job (a run is retried only after it failed or was cancelled), so
-    counting through jobs counts each run once.
+    Throughput is media minutes processed per wall minute over the last hour: what the jobs
+    that succeeded in that hour processed (each job type's handler measures its own), divided
+    by 60.
     """
     hour_ago = now - timedelta(hours=1)
     jobs = Job.objects.all()
     oldest = jobs.waiting(now).aggregate(oldest=Min("created_at"))["oldest"]
-    audio_ms = jobs.filter(
-        status=JobStatus.SUCCEEDED, finished_at__gte=hour_ago, run__isnull=False
-    ).aggregate(total=Sum("run__audio__duration_ms"))["total"]
+    succeeded = jobs.filter(status=JobStatus.SUCCEEDED, finished_at__gte=hour_ago)
+    media_ms = sum(handler.media_ms(succeeded) for handler in handlers())
     return {
         "counts": {
             "queued": jobs.filter(status=JobStatus.QUEUED).count(),
@@ -264,12 +290,14 @@ def queue_figures(now: datetime) -> dict[str, Any]:
         },
         "oldest_waiting_seconds": (now - oldest).total_seconds() if oldest else None,
         "oldest_waiting": format_age((now - oldest).total_seconds()) if oldest else "—",
-        "throughput": round((audio_ms or 0) / 60_000 / 60, 2),
+        "throughput": round(media_ms / 60_000 / 60, 2),
     }
 
 
 @admin.register(Worker)
-class WorkerAdmin(admin.ModelAdmin):
+class WorkerAdmin(ReadOnlyModelAdmin):
+    """Workers register themselves; state changes go through the actions (compare-and-set)."""
+
     list_display = [
         "id",
         "state",
@@ -286,19 +314,12 @@ class WorkerAdmin(admin.ModelAdmin):
     ordering = ["started_at"]
     actions = ["pause", "resume"]
 
-    # Workers register themselves; state changes go through the actions (compare-and-set).
-    def has_change_permission(self, request: HttpRequest, obj: Worker | None = None) -> bool:
-        return obj is None and super().has_change_permission(request)
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
     # A live cluster whose row disappears takes that for a stop order; only stale rows (a
     # cluster that died without cleaning up) may be deleted.
     def has_delete_permission(self, request: HttpRequest, obj: Worker | None = None) -> bool:
         if obj is not None and obj.is_alive:
             return False
-        return super().has_delete_permission(request, obj)
+        return admin.ModelAdmin.has_delete_permission(self, request, obj)
 
     @admin.display(description="alive")
     def liveness(self, worker: Worker) -> str:

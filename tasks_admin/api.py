@@ -17,41 +17,16 @@ from rest_framework.views import APIView
 from lingoloop.characters import has_control_characters
 from lingoloop.errors import ApiError
 from lingoloop.openapi import error_responses
-from lingoloop.timefmt import iso_utc
-from tasks_admin.models import Job, JobStatus, Worker
-from tasks_admin.schema import (
+from tasks_admin.models import Job, Worker, with_current_jobs
+from tasks_admin.representations import (
     HealthSerializer,
     StatsSerializer,
     WorkersSerializer,
 )
 
 
-def worker_status(worker: Worker) -> dict[str, Any]:
-    return {
-        "id": worker.id,
-        "host": worker.host,
-        "pid": worker.pid,
-        "processes": worker.processes,
-        "state": worker.state,
-        "alive": worker.is_alive,
-        "startedAt": iso_utc(worker.started_at),
-        "lastSeen": iso_utc(worker.last_seen),
-        "jobsDone": worker.jobs_done,
-        "currentJobs": [
-            {
-                "id": str(job.id),
-                "jobType": job.job_type,
-                "runId": str(job.run_id or "") or None,
-                "lockedBy": job.locked_by,
-                "leaseUntil": iso_utc(job.locked_until),
-            }
-            for job in worker.current_jobs()
-        ],
-    }
-
-
 def workers_alive() -> int:
-    return sum(1 for worker in Worker.objects.all() if worker.is_alive)
+    return Worker.objects.alive().count()
 
 
 _WORKER_ID = OpenApiParameter(
@@ -70,9 +45,29 @@ WORKER_TARGET = {
     },
     "additionalProperties": False,
 }
-_CONTROL_ERRORS = error_responses(
-    400, 401, 403, 404, 415, e400="A malformed body.", e404="No worker with this workerId."
-)
+
+
+def _control_schema(operation_id: str, description: str, request: object) -> Any:
+    """The documentation of pausing or resuming: same target, same answer, same refusals."""
+    return extend_schema(
+        operation_id=operation_id,
+        tags=["queue"],
+        description=description,
+        parameters=[_WORKER_ID],
+        request=request,
+        responses={
+            200: WorkersSerializer,
+            **error_responses(
+                400,
+                401,
+                403,
+                404,
+                415,
+                e400="A malformed body.",
+                e404="No worker with this workerId.",
+            ),
+        },
+    )
 
 
 class WorkerControlView(APIView):
@@ -106,8 +101,8 @@ class WorkerControlView(APIView):
         return workers
 
     def _answer(self) -> Response:
-        workers = Worker.objects.order_by("started_at")
-        return Response({"workers": [worker_status(w) for w in workers]})
+        workers = with_current_jobs(Worker.objects.order_by("started_at"))
+        return Response(WorkersSerializer({"workers": workers}).data)
 
     @extend_schema(
         operation_id="getWorkers",
@@ -118,25 +113,19 @@ class WorkerControlView(APIView):
     def get(self, request: Request) -> Response:
         return self._answer()
 
-    @extend_schema(
-        operation_id="resumeWorkers",
-        tags=["queue"],
-        description="Staff only: paused worker clusters claim jobs again.",
-        parameters=[_WORKER_ID],
+    @_control_schema(
+        "resumeWorkers",
+        "Staff only: paused worker clusters claim jobs again.",
         request={"application/json": WORKER_TARGET},
-        responses={200: WorkersSerializer, **_CONTROL_ERRORS},
     )
     def post(self, request: Request) -> Response:
         self._targets(request).resume()
         return self._answer()
 
-    @extend_schema(
-        operation_id="pauseWorkers",
-        tags=["queue"],
-        description="Staff only: worker clusters finish what they run and claim nothing new.",
-        parameters=[_WORKER_ID],
+    @_control_schema(
+        "pauseWorkers",
+        "Staff only: worker clusters finish what they run and claim nothing new.",
         request=None,
-        responses={200: WorkersSerializer, **_CONTROL_ERRORS},
     )
     def delete(self, request: Request) -> Response:
         self._targets(request).pause()
@@ -151,18 +140,17 @@ class StatsView(APIView):
         responses={200: StatsSerializer, **error_responses(401)},
     )
     def get(self, request: Request) -> Response:
-        counts = dict(Job.objects.values_list("status").annotate(n=Count("id")))
-        oldest = Job.objects.waiting().aggregate(oldest=Min("created_at"))["oldest"]
-        return Response(
-            {
-                "jobs": {state: counts.get(state, 0) for state in JobStatus.values},
-                "queueDepth": Job.objects.waiting().count(),
-                "oldestQueuedAgeSeconds": (
-                    round((timezone.now() - oldest).total_seconds(), 1) if oldest else None
-                ),
-                "workersAlive": workers_alive(),
-            }
-        )
+        waiting = Job.objects.waiting().aggregate(oldest=Min("created_at"), depth=Count("id"))
+        oldest = waiting["oldest"]
+        stats = {
+            "jobs": dict(Job.objects.values_list("status").annotate(n=Count("id")).order_by()),
+            "queue_depth": waiting["depth"],
+            "oldest_queued_age_seconds": (
+                round((timezone.now() - oldest).total_seconds(), 1) if oldest else None
+            ),
+            "workers_alive": workers_alive(),
+        }
+        return Response(StatsSerializer(stats).data)
 
 
 class HealthView(APIView):
@@ -183,11 +171,14 @@ class HealthView(APIView):
             with connection.cursor() as cursor:
                 cursor.execute("SELECT 1")
         except Exception as exc:
+            health: dict[str, object] = {
+                "status": "error",
+                "database": f"error: {exc}",
+                "workers_alive": None,
+            }
             return Response(
-                {"status": "error", "database": f"error: {exc}", "workersAlive": None},
-                status=status.HTTP_503_SERVICE_UNAVAILABLE,
+                HealthSerializer(health).data, status=status.HTTP_503_SERVICE_UNAVAILABLE
             )
         alive = workers_alive()
-        return Response(
-            {"status": "ok" if alive else "degraded", "database": "ok", "workersAlive": alive}
-        )
+        health = {"status": "ok" if alive else "degraded", "database": "ok", "workers_alive": alive}
+        return Response(HealthSerializer(health).data)

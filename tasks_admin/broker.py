@@ -2,16 +2,20 @@
 
 django-q2's pusher calls `dequeue()` in a loop and puts what it returns into the cluster's
 in-memory task queue, where a task may wait until a worker is free (DESIGN.md, item 7). So the
-pick here is only a short hold (`JOB_PICK_HOLD_SECONDS`) that keeps other clusters from picking
-the same job meanwhile; the job stays `queued` for users, and the claim that counts is the
-compare-and-set in `runner.run_job` when a worker starts it. If this cluster is busy or dies,
-the hold runs out and any cluster can pick the job again.
+pick here is only a short hold (`picked_by`/`picked_until`, JOB_PICK_HOLD_SECONDS) that keeps
+other clusters from picking the same job meanwhile; the job stays `queued` for users, and the
+claim that counts is the compare-and-set in `runner.run_job` when a worker starts it. If this
+cluster is busy or dies, the hold runs out and any cluster can pick the job again.
+
+The broker only picks. Everything else a cluster does for the queue (reaping expired leases,
+periodic jobs, pruning) runs in the worker command's own loop: an exception here would make
+django-q2's pusher log "Failed to pull task from broker", sleep 10 s and leave its loop for
+good, so `dequeue` never lets one out.
 """
 
 from __future__ import annotations
 
-import os
-import socket
+import logging
 import time
 import uuid
 from datetime import timedelta
@@ -24,20 +28,14 @@ from django_q.conf import Conf
 from django_q.signing import SignedPackage
 
 from tasks_admin.models import Job, JobStatus, WorkerState
-from tasks_admin.runner import cluster_id, cluster_state, reap_expired_leases
+from tasks_admin.runner import cluster_state, current_worker_id
+
+logger = logging.getLogger(__name__)
 
 TASK_FUNC = "tasks_admin.runner.run_job"
-REAP_EVERY_SECONDS = 5.0
 
 
 class JobBroker(Broker):
-    # Class-level: django-q2 may hand the broker to its pusher process by pickling.
-    _last_reap = 0.0
-
-    @property
-    def holder(self) -> str:
-        return f"pick:{cluster_id() or socket.gethostname()}:{os.getpid()}"
-
     def enqueue(self, task: str) -> str:
         raise NotImplementedError(
             "LingoLoop jobs are rows in the job table; create them with "
@@ -45,15 +43,17 @@ class JobBroker(Broker):
         )
 
     def dequeue(self) -> list[tuple[str, str]] | None:
-        close_old_connections()
-        if time.monotonic() - self._last_reap >= REAP_EVERY_SECONDS:
-            self._last_reap = time.monotonic()
-            reap_expired_leases()
-        state = cluster_state()
-        if state is None or state[0] == WorkerState.RUNNING:
-            picked = self.pick(limit=Conf.BULK)
-            if picked:
-                return [(str(job_id), self._package(job_id)) for job_id in picked]
+        """Due jobs for the cluster, or None after one poll interval. Never raises: a
+        database error is logged and the pick tried again after the interval."""
+        try:
+            close_old_connections()  # drops a connection that a failed pick left broken
+            state = cluster_state()
+            if state is None or state[0] == WorkerState.RUNNING:
+                picked = self.pick(limit=Conf.BULK)
+                if picked:
+                    return [(str(job_id), self._package(job_id)) for job_id in picked]
+        except Exception:
+            logger.exception("picking jobs failed; trying again in %s s", Conf.POLL)
         time.sleep(Conf.POLL)
         return None
 
@@ -65,6 +65,7 @@ class JobBroker(Broker):
         """
         now = timezone.now()
         hold_until = now + timedelta(seconds=settings.JOB_PICK_HOLD_SECONDS)
+        holder = current_worker_id()
         with transaction.atomic():
             candidates = list(
                 Job.objects.due(now)
@@ -77,7 +78,7 @@ class JobBroker(Broker):
                 for pk in candidates
                 if Job.objects.due(now)
                 .filter(pk=pk)
-                .update(locked_by=self.holder, locked_until=hold_until)
+                .update(picked_by=holder, picked_until=hold_until)
             ]
 
     @staticmethod

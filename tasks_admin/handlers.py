@@ -1,22 +1,25 @@
 """Job handlers by job type.
 
 The queue knows nothing about what a job does. An app registers a handler for its job type in
-`AppConfig.ready()`; the runner calls it around each attempt.
+`AppConfig.ready()`; the runner calls it around each attempt, and the queue admin asks it how
+to describe what the job serves.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from uuid import UUID
+
+from django.utils import timezone
 
 if TYPE_CHECKING:
-    from tasks_admin.models import Job
+    from django.db.models import QuerySet
 
-logger = logging.getLogger(__name__)
+    from tasks_admin.models import Job
 
 
 class PermanentError(Exception):
@@ -29,7 +32,7 @@ class PermanentError(Exception):
 
 
 class ClaimLost(Exception):
-    """This worker's lease was taken over: stop and write nothing."""
+    """This worker's lease was taken over (or may be by now): stop and write nothing."""
 
 
 class Cancelled(Exception):
@@ -42,36 +45,67 @@ class Released(Exception):
 
 @dataclass
 class Attempt:
-    """What a handler gets for one attempt: the job and a way to prove it still holds it."""
+    """What a handler gets for one attempt: the job and a way to prove it still holds it.
+
+    The runner's LeaseKeeper thread is the one writer of the lease; it reports here through
+    `lost`, `release` and `lease_until`, so a heartbeat costs no database round trip.
+    """
 
     job: Job
     worker_id: str
-    # The handler's own state between run() and succeeded() (its result, say).
-    state: dict[str, Any] = field(default_factory=dict)
-    # Set by the runner's lease keeper thread.
+    # Until when the lease surely holds (the end of the last renewal that succeeded). Past
+    # it, the reaper of any cluster may have taken the job.
+    lease_until: datetime
     lost: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
 
     def heartbeat(self) -> None:
-        """Call at each safe point: extends the lease, and raises ClaimLost when another
-        worker took the job over, or Released when this worker must hand it back."""
+        """Call at each safe point: raises ClaimLost when the job may be another worker's
+        now, or Released when this worker must hand it back. Reads only memory."""
         if self.release.is_set():
             raise Released(f"job {self.job.pk} handed back: worker shutting down")
-        if self.lost.is_set() or not self.job.extend_lease(self.worker_id):
+        if self.lost.is_set() or timezone.now() >= self.lease_until:
             raise ClaimLost(f"job {self.job.pk} is no longer held by {self.worker_id}")
 
 
-class JobHandler(Protocol):
-    job_type: str
+@dataclass(frozen=True)
+class Subject:
+    """What a job serves, as the queue admin shows it (a run, say): the app that owns the
+    subject fills it in, so the queue never names another app's fields."""
+
+    label: str
+    url: str = ""
+    owner: str = ""
+    name: str = ""
+    duration_ms: int | None = None
+
+
+ResultT = TypeVar("ResultT")
+
+
+class BaseJobHandler(Generic[ResultT]):
+    """Subclass it, set `job_type`, implement `run()`; override the hooks you need.
+
+    Each hook after `run()` is called inside the transaction whose compare-and-set on the job
+    just won, so what it writes commits or rolls back with the job's own state.
+    """
+
+    job_type: str = ""
+    # Lookups from Job to its subject, for the queue admin's search box and owner filter;
+    # declared by the app that owns the subject.
+    subject_search_fields: tuple[str, ...] = ()
+    subject_owner_field: str = ""
 
     def started(self, attempt: Attempt) -> None:
         """The attempt holds the job now (status processing, attempt counted)."""
 
-    def run(self, attempt: Attempt) -> None:
-        """Do the work. Raise PermanentError, Cancelled, or anything else to retry."""
+    def run(self, attempt: Attempt) -> ResultT:
+        """Do the work and return its result. Raise PermanentError, Cancelled, or anything
+        else to retry; call `attempt.heartbeat()` at every safe point."""
+        raise NotImplementedError
 
-    def succeeded(self, attempt: Attempt) -> None:
-        """The job is `succeeded` (called inside the transaction that marked it)."""
+    def succeeded(self, attempt: Attempt, result: ResultT) -> None:
+        """The job is `succeeded`; `result` is what `run()` returned."""
 
     def retrying(self, job: Job, error: str, retry_at: datetime) -> None:
         """An attempt failed and the job is queued again for `retry_at`."""
@@ -85,42 +119,84 @@ class JobHandler(Protocol):
     def released(self, job: Job) -> None:
         """The job went back to the queue unfinished (its worker shut down)."""
 
+    def describe_many(self, jobs: Sequence[Job]) -> dict[UUID, Subject]:
+        """The subjects of a page of this type's jobs, by job id, in a fixed number of
+        queries whatever the page holds. Jobs left out have no subject to show."""
+        return {}
 
-_handlers: dict[str, JobHandler] = {}
-_periodic: dict[str, timedelta] = {}
-
-
-def register(handler: JobHandler, *, every: timedelta | None = None) -> None:
-    """Register `handler` for its job type; with `every`, worker clusters also queue one such
-    job whenever none has been queued for that long (see runner.enqueue_periodic_jobs)."""
-    _handlers[handler.job_type] = handler
-    if every is not None:
-        _periodic[handler.job_type] = every
+    def media_ms(self, jobs: QuerySet[Job]) -> int:
+        """Milliseconds of media that these finished jobs of this type processed: the queue
+        dashboard's throughput. One query at most; 0 for job types without media."""
+        return 0
 
 
-def periodic_job_types() -> dict[str, timedelta]:
-    return dict(_periodic)
+# Stands in when a job's type has no handler: the job's own row still ends properly.
+_NO_HANDLER: BaseJobHandler[Any] = BaseJobHandler()
 
 
+@dataclass(frozen=True)
+class Periodic:
+    every: timedelta
+    # Asked each time: a job that has nothing to do in this configuration is not queued.
+    when: Callable[[], bool]
+
+
+_handlers: dict[str, BaseJobHandler[Any]] = {}
+_periodic: dict[str, Periodic] = {}
 _housekeeping: list[Callable[[], object]] = []
 
 
+def register(
+    handler: BaseJobHandler[Any],
+    *,
+    every: timedelta | None = None,
+    when: Callable[[], bool] = lambda: True,
+) -> None:
+    """Register `handler` for its job type. With `every`, worker clusters also queue one such
+    job whenever none has been queued for that long and `when()` is true (see
+    runner.enqueue_periodic_jobs)."""
+    _handlers[handler.job_type] = handler
+    if every is not None:
+        _periodic[handler.job_type] = Periodic(every, when)
+
+
+def periodic_job_types() -> dict[str, timedelta]:
+    """The periodic job types that are on now, with their intervals."""
+    return {job_type: p.every for job_type, p in _periodic.items() if p.when()}
+
+
 def register_housekeeping(task: Callable[[], object]) -> None:
-    """A small, idempotent chore every worker cluster runs every few seconds (for example,
-    finishing what a killed process left half-done)."""
+    """A small, idempotent chore each worker cluster's loop runs every few seconds (for
+    example, finishing what a killed process left half-done)."""
     _housekeeping.append(task)
 
 
-def run_housekeeping() -> None:
-    for task in _housekeeping:
-        try:
-            task()
-        except Exception:
-            logger.exception("housekeeping %s failed", getattr(task, "__name__", task))
+def housekeeping() -> list[Callable[[], object]]:
+    return list(_housekeeping)
 
 
-def get_handler(job_type: str) -> JobHandler:
+def get_handler(job_type: str) -> BaseJobHandler[Any]:
     try:
         return _handlers[job_type]
     except KeyError:
         raise PermanentError("unknown_job_type", f"no handler for job type {job_type!r}") from None
+
+
+def handler_or_none(job_type: str) -> BaseJobHandler[Any]:
+    """The handler of `job_type`, or one whose hooks do nothing."""
+    return _handlers.get(job_type, _NO_HANDLER)
+
+
+def handlers() -> list[BaseJobHandler[Any]]:
+    return list(_handlers.values())
+
+
+def describe(jobs: Sequence[Job]) -> dict[UUID, Subject]:
+    """The subjects of a page of jobs of any types: one `describe_many` per type present."""
+    by_type: dict[str, list[Job]] = {}
+    for job in jobs:
+        by_type.setdefault(job.job_type, []).append(job)
+    subjects: dict[UUID, Subject] = {}
+    for job_type, of_type in by_type.items():
+        subjects.update(handler_or_none(job_type).describe_many(of_type))
+    return subjects

@@ -8,6 +8,7 @@ racing a finish can never both win.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -26,6 +27,13 @@ class JobStatus(models.TextChoices):
 
 TERMINAL_JOB_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 
+# A cluster unseen for this many times WORKER_STALE_SECONDS is taken for dead and forgotten.
+FORGET_AFTER_STALE = 10
+
+
+# The order in which waiting jobs are picked (queue positions count in it too).
+CLAIM_ORDER = ("-priority", "created_at", "id")
+
 
 class JobQuerySet(models.QuerySet["Job"]):
     def waiting(self, now: datetime | None = None) -> JobQuerySet:
@@ -33,15 +41,30 @@ class JobQuerySet(models.QuerySet["Job"]):
         return self.filter(status=JobStatus.QUEUED, run_after__lte=now or timezone.now())
 
     def due(self, now: datetime | None = None) -> JobQuerySet:
-        """Waiting jobs that no cluster holds in memory: what a broker may pick."""
+        """Waiting jobs that no process holds picked: what a broker may pick."""
         now = now or timezone.now()
-        return self.waiting(now).filter(Q(locked_until__isnull=True) | Q(locked_until__lt=now))
+        return self.waiting(now).filter(Q(picked_until__isnull=True) | Q(picked_until__lt=now))
 
     def in_claim_order(self) -> JobQuerySet:
-        return self.order_by("-priority", "created_at", "id")
+        return self.order_by(*CLAIM_ORDER)
 
     def lease_expired(self, now: datetime | None = None) -> JobQuerySet:
         return self.filter(status=JobStatus.PROCESSING, locked_until__lt=now or timezone.now())
+
+    def held_by_cluster(self, cluster: str) -> JobQuerySet:
+        """Processing jobs leased by the processes of one worker cluster."""
+        return self.filter(status=JobStatus.PROCESSING, locked_by__startswith=f"{cluster}:")
+
+    def prune_finished(self, *, days: int, now: datetime | None = None) -> int:
+        """Delete jobs that finished more than `days` days ago; 0 days keeps every job.
+
+        Only the queue's own bookkeeping goes: the runs they served keep their state.
+        """
+        if days <= 0:
+            return 0
+        cutoff = (now or timezone.now()) - timedelta(days=days)
+        deleted, _ = self.filter(status__in=TERMINAL_JOB_STATUSES, finished_at__lt=cutoff).delete()
+        return deleted
 
 
 class Job(models.Model):
@@ -60,8 +83,13 @@ class Job(models.Model):
     run_after = models.DateTimeField(default=timezone.now)
     attempts = models.PositiveIntegerField(default=0)
     max_attempts = models.PositiveIntegerField(default=1)
-    # While queued: the cluster that picked the job and how long it may hold it unstarted.
-    # While processing: the worker process that runs it and its lease.
+    # While queued: the process that picked the job (a cluster's pusher, or the web process
+    # about to run a sync job) and until when no other process may pick it. The claim clears it.
+    picked_by = models.CharField(max_length=200, blank=True, default="")
+    picked_until = models.DateTimeField(null=True, blank=True)
+    # While processing: the worker process that runs it (`<cluster>:<host>:<pid>`) and its
+    # lease; `heartbeat_at` is when that process last renewed it. `locked_by` stays set after
+    # the job finishes, naming the process that ran its last attempt.
     locked_by = models.CharField(max_length=200, blank=True, default="")
     locked_until = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
@@ -85,10 +113,6 @@ class Job(models.Model):
     def __str__(self) -> str:
         return f"{self.job_type} {self.id} ({self.status})"
 
-    @property
-    def is_finished(self) -> bool:
-        return self.status in TERMINAL_JOB_STATUSES
-
     def claim(self, worker_id: str) -> bool:
         """Start this job in `worker_id`: the claim that counts (the broker's pick does not).
 
@@ -104,6 +128,8 @@ class Job(models.Model):
                 attempts__lt=F("max_attempts"),
             ).update(
                 status=JobStatus.PROCESSING,
+                picked_by="",
+                picked_until=None,
                 locked_by=worker_id,
                 locked_until=now + timedelta(seconds=settings.JOB_LEASE_SECONDS),
                 heartbeat_at=now,
@@ -117,16 +143,20 @@ class Job(models.Model):
         return won
 
     def extend_lease(self, worker_id: str) -> bool:
-        """Heartbeat. False means the claim was lost: the caller must stop without writing."""
+        """Renew the lease (the runner's LeaseKeeper is its one writer). False means the claim
+        is gone: the attempt must stop without writing. On success `locked_until` holds the
+        new end of the lease."""
         now = timezone.now()
-        self.locked_until = now + timedelta(seconds=settings.JOB_LEASE_SECONDS)
-        self.heartbeat_at = now
-        return (
+        until = now + timedelta(seconds=settings.JOB_LEASE_SECONDS)
+        renewed = (
             Job.objects.filter(pk=self.pk, status=JobStatus.PROCESSING, locked_by=worker_id).update(
-                locked_until=self.locked_until, heartbeat_at=now
+                locked_until=until, heartbeat_at=now
             )
             == 1
         )
+        if renewed:
+            self.locked_until, self.heartbeat_at = until, now
+        return renewed
 
     def finish(self, worker_id: str, status: str, *, error: str = "") -> bool:
         """End an attempt held by `worker_id` in a terminal state."""
@@ -173,6 +203,21 @@ class WorkerState(models.TextChoices):
 
 
 class WorkerQuerySet(models.QuerySet["Worker"]):
+    def alive(self) -> WorkerQuerySet:
+        return self.filter(last_seen__gte=timezone.now() - Worker.stale_after())
+
+    def forget_stale(self) -> int:
+        """Delete the rows of clusters unseen for FORGET_AFTER_STALE times the stale time.
+
+        Such a cluster died without cleaning up (SIGKILL, a lost machine). Its jobs need
+        nothing from here: their leases ran out long ago and the reaper took them back. A
+        process of it that still runs reads the missing row as a stop order and hands its job
+        back. A cluster that was only slow shows as STALE in the admin long before this.
+        """
+        cutoff = timezone.now() - Worker.stale_after() * FORGET_AFTER_STALE
+        deleted, _ = self.filter(last_seen__lt=cutoff).delete()
+        return deleted
+
     def pause(self) -> int:
         """Running clusters stop claiming; a stopping one is on its way out and stays so."""
         return self.filter(state=WorkerState.RUNNING).update(state=WorkerState.PAUSED)
@@ -202,6 +247,9 @@ class Worker(models.Model):
 
     objects = WorkerQuerySet.as_manager()
 
+    # Not a column: what with_current_jobs() found this cluster's processes running.
+    current_jobs: list[Job]
+
     class Meta:
         db_table = "worker"
 
@@ -210,15 +258,32 @@ class Worker(models.Model):
 
     @property
     def holder_prefix(self) -> str:
-        """Every job this cluster's processes hold has `locked_by` starting with this."""
+        """Every job this cluster's processes lease has `locked_by` starting with this."""
         return f"{self.id}:"
+
+    @staticmethod
+    def stale_after() -> timedelta:
+        return timedelta(seconds=settings.WORKER_STALE_SECONDS)
 
     @property
     def is_alive(self) -> bool:
-        stale = timedelta(seconds=settings.WORKER_STALE_SECONDS)
-        return self.last_seen >= timezone.now() - stale
+        return self.last_seen >= timezone.now() - self.stale_after()
 
-    def current_jobs(self) -> JobQuerySet:
-        return Job.objects.filter(
-            status=JobStatus.PROCESSING, locked_by__startswith=self.holder_prefix
-        )
+
+def with_current_jobs(workers: Iterable[Worker]) -> list[Worker]:
+    """The workers, each with `current_jobs` set to the jobs its processes run now, read in
+    one query for all of them.
+
+    A job names its holder as `<cluster>:<host>:<pid>`, not by a foreign key: a cluster's row
+    goes when it stops, and a finished job keeps naming the process that ran it.
+    """
+    workers = list(workers)
+    running: dict[str, list[Job]] = {worker.id: [] for worker in workers}
+    if workers:
+        for job in Job.objects.filter(status=JobStatus.PROCESSING).order_by("started_at"):
+            cluster = job.locked_by.split(":", 1)[0]
+            if cluster in running:
+                running[cluster].append(job)
+    for worker in workers:
+        worker.current_jobs = running[worker.id]
+    return workers

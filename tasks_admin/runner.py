@@ -13,8 +13,8 @@ import os
 import secrets
 import socket
 import threading
-import traceback
-from datetime import timedelta
+from datetime import datetime, timedelta
+from enum import StrEnum
 
 from django.conf import settings
 from django.db import close_old_connections, connection, transaction
@@ -26,10 +26,10 @@ from tasks_admin.handlers import (
     Attempt,
     Cancelled,
     ClaimLost,
-    JobHandler,
     PermanentError,
     Released,
     get_handler,
+    handler_or_none,
     periodic_job_types,
 )
 from tasks_admin.models import Job, JobStatus, Worker, WorkerState
@@ -77,146 +77,178 @@ def retry_delay(attempts: int) -> timedelta:
     return timedelta(milliseconds=delays[min(max(attempts, 1), len(delays)) - 1])
 
 
+class Outcome(StrEnum):
+    """How one delivery of a job ended, as `run_job` returns it."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # for good
+    RETRYING = "retrying"  # the attempt failed; the job is queued again
+    CANCELLED = "cancelled"
+    RELEASED = "released"  # handed back unfinished: its worker shut down
+    LEASE_LOST = "lease lost"  # another worker may hold it now: nothing was written
+    NOT_CLAIMED = "not claimed"  # duplicate delivery, cancelled meanwhile, or cluster paused
+
+
+# Outcomes in which this worker ended the job, for the cluster's `jobs_done`.
+FINISHED = (Outcome.SUCCEEDED, Outcome.FAILED, Outcome.CANCELLED)
+
+
 class LeaseKeeper(threading.Thread):
-    """Extends the lease every few seconds while the handler runs, even inside a long C call,
-    and tells the attempt when its cluster's shutdown grace period is over."""
+    """The one writer of an attempt's lease: renews it every few seconds while the handler
+    runs, even inside a long C call, and tells the attempt when its cluster's shutdown grace
+    period is over.
+
+    A database error does not stop it: it logs and tries again at the next tick. It gives up
+    only when the claim is really gone (the compare-and-set matched no row), or when it could
+    not renew until the lease ran out, since from then on any cluster's reaper may take the
+    job. In both cases the attempt's next heartbeat raises ClaimLost.
+    """
 
     def __init__(self, attempt: Attempt) -> None:
         super().__init__(name=f"lease-{attempt.job.pk}", daemon=True)
         self.attempt = attempt
+        self.job = Job(pk=attempt.job.pk)  # its own copy: the handler's is not thread-safe
         self.interval = max(0.5, settings.JOB_LEASE_SECONDS / 4)
         self.stopped = threading.Event()
 
     def run(self) -> None:
-        job = Job(pk=self.attempt.job.pk)
         try:
             while not self.stopped.wait(self.interval):
-                close_old_connections()
-                if not job.extend_lease(self.attempt.worker_id):
-                    self.attempt.lost.set()
+                close_old_connections()  # drops a connection that a failed tick left broken
+                if not self.tick():
                     return
-                state = cluster_state()
-                if state and state[0] == WorkerState.STOPPING:
-                    deadline = state[1]
-                    if deadline is None or timezone.now() >= deadline:  # type: ignore[operator]
-                        self.attempt.release.set()
-        except Exception:
-            logger.exception("lease keeper for job %s failed", job.pk)
         finally:
             connection.close()
+
+    def tick(self) -> bool:
+        """Renew once; False when there is nothing left to keep."""
+        try:
+            if not self.job.extend_lease(self.attempt.worker_id):
+                logger.warning("job %s: its claim is gone; the lease is not renewed", self.job.pk)
+                self.attempt.lost.set()
+                return False
+            self.attempt.lease_until = self.job.locked_until or self.attempt.lease_until
+            if self._grace_is_over():
+                self.attempt.release.set()
+        except Exception:
+            if timezone.now() >= self.attempt.lease_until:
+                logger.exception(
+                    "job %s: lease not renewed before it ran out; another worker may take it",
+                    self.job.pk,
+                )
+                self.attempt.lost.set()
+                return False
+            logger.warning(
+                "job %s: lease renewal failed; trying again in %.1f s",
+                self.job.pk,
+                self.interval,
+                exc_info=True,
+            )
+        return True
+
+    @staticmethod
+    def _grace_is_over() -> bool:
+        state = cluster_state()
+        if state is None or state[0] != WorkerState.STOPPING:
+            return False
+        deadline = state[1]
+        return deadline is None or timezone.now() >= deadline  # type: ignore[operator]
 
     def stop(self) -> None:
         self.stopped.set()
         self.join(timeout=10)
 
 
-def _release_pick(job_id: str) -> None:
-    """Give up this cluster's hold on a job it picked but will not start."""
-    Job.objects.filter(pk=job_id, status=JobStatus.QUEUED).update(locked_by="", locked_until=None)
+def _drop_pick(job_id: str) -> None:
+    """Give up any pick hold on a job this cluster will not start."""
+    Job.objects.filter(pk=job_id, status=JobStatus.QUEUED).update(picked_by="", picked_until=None)
 
 
-def run_job(job_id: str) -> str:
+def run_job(job_id: str) -> Outcome:
     """The django-q2 task function: one attempt of one job. Never raises into django-q2."""
     close_old_connections()
     state = cluster_state()
     if state is not None and state[0] != WorkerState.RUNNING:
-        _release_pick(job_id)  # paused or stopping: claim nothing new
-        return "not claimed: cluster not running"
+        _drop_pick(job_id)  # paused or stopping: claim nothing new
+        return Outcome.NOT_CLAIMED
     worker_id = current_worker_id()
     job = Job.objects.filter(pk=job_id).first()
-    if job is None or not job.claim(worker_id):
-        return "not claimed"
+    if job is None or not job.claim(worker_id) or job.locked_until is None:
+        return Outcome.NOT_CLAIMED
     logger.info("job %s (%s) attempt %d by %s", job.pk, job.job_type, job.attempts, worker_id)
 
-    attempt = Attempt(job=job, worker_id=worker_id)
+    attempt = Attempt(job=job, worker_id=worker_id, lease_until=job.locked_until)
     keeper = LeaseKeeper(attempt)
     keeper.start()
     try:
         outcome = _attempt(attempt)
     finally:
         keeper.stop()
-    if outcome in {"succeeded", "failed", "cancelled"} and cluster_id():
+    if outcome in FINISHED and cluster_id():
         Worker.objects.filter(pk=cluster_id()).update(jobs_done=F("jobs_done") + 1)
     return outcome
 
 
-def _attempt(attempt: Attempt) -> str:
+def _attempt(attempt: Attempt) -> Outcome:
     job, worker_id = attempt.job, attempt.worker_id
     try:
         handler = get_handler(job.job_type)
         handler.started(attempt)
-        handler.run(attempt)
+        result = handler.run(attempt)
     except ClaimLost:
         logger.warning("job %s: lease lost, this attempt writes nothing", job.pk)
-        return "lease lost"
+        return Outcome.LEASE_LOST
     except Released:
         hand_back(job, holder=worker_id, reason="its worker shut down")
-        return "released"
+        return Outcome.RELEASED
     except Cancelled:
         with transaction.atomic():
             if job.finish(worker_id, JobStatus.CANCELLED):
-                handler.cancelled(job)
-        return "cancelled"
+                handler_or_none(job.job_type).cancelled(job)
+        return Outcome.CANCELLED
     except PermanentError as exc:
-        _end_failed(job, worker_id, exc.code, exc.message)
-        return "failed"
+        # Refused input (not audio, too long…): expected, and nothing to debug in the code.
+        logger.warning(
+            "job %s (%s) attempt %d failed for good: %s",
+            job.pk,
+            job.job_type,
+            job.attempts,
+            exc.code,
+        )
+        return _end_failed(job, worker_id, exc.code, exc.message)
     except (Exception, TimeoutException) as exc:
-        # The detail (which may name files, hosts or settings) goes to the log; the job and
-        # its run keep a sentence fit to show the user who submitted it.
+        # One searchable line with the traceback for operators. The detail (which may name
+        # files, hosts or settings) stays in the log; the job and its run keep a sentence fit
+        # to show the user who submitted it.
+        logger.exception("job %s (%s) attempt %d failed", job.pk, job.job_type, job.attempts)
         if isinstance(exc, TimeoutException):
             code, message = "timeout", "The attempt ran out of time and was stopped."
         else:
             code, message = "error", f"The attempt failed on the server ({type(exc).__name__})."
-        logger.warning(
-            "job %s attempt %d failed: %s: %s", job.pk, job.attempts, type(exc).__name__, exc
-        )
-        logger.debug("%s", traceback.format_exc())
         return _end_attempt_failed(job, worker_id, code, message)
     with transaction.atomic():
         if not job.finish(worker_id, JobStatus.SUCCEEDED):
             logger.warning("job %s finished but its claim was gone: result dropped", job.pk)
-            return "lease lost"
-        handler.succeeded(attempt)
-    return "succeeded"
+            return Outcome.LEASE_LOST
+        handler.succeeded(attempt, result)
+    return Outcome.SUCCEEDED
 
 
-def _end_failed(job: Job, worker_id: str, code: str, message: str) -> str:
+def _end_failed(job: Job, worker_id: str, code: str, message: str) -> Outcome:
     with transaction.atomic():
         if job.finish(worker_id, JobStatus.FAILED, error=message):
-            _handler_or_none(job).failed(job, code, message)
-    return "failed"
+            handler_or_none(job.job_type).failed(job, code, message)
+    return Outcome.FAILED
 
 
-def _end_attempt_failed(job: Job, worker_id: str, code: str, message: str) -> str:
+def _end_attempt_failed(job: Job, worker_id: str, code: str, message: str) -> Outcome:
     """Queue the job again after the next retry delay, or fail it once retries are spent."""
     if job.retries_left <= 0:
         return _end_failed(job, worker_id, code, message)
     with transaction.atomic():
         if job.retry_later(worker_id, error=message, delay=retry_delay(job.attempts)):
-            _handler_or_none(job).retrying(job, message, job.run_after)
-    return "attempt failed"
-
-
-class _NoHandler:
-    """Stands in when a job's type has no handler: the job's own row still ends properly."""
-
-    job_type = ""
-
-    def retrying(self, job: Job, error: str, retry_at: object) -> None:
-        pass
-
-    def failed(self, job: Job, code: str, error: str) -> None:
-        pass
-
-    def released(self, job: Job) -> None:
-        pass
-
-
-def _handler_or_none(job: Job) -> JobHandler:
-    try:
-        return get_handler(job.job_type)
-    except PermanentError:
-        return _NoHandler()  # type: ignore[return-value]
+            handler_or_none(job.job_type).retrying(job, message, job.run_after)
+    return Outcome.RETRYING
 
 
 def hand_back(job: Job, *, holder: str, reason: str) -> bool:
@@ -235,14 +267,14 @@ def hand_back(job: Job, *, holder: str, reason: str) -> bool:
         ):
             return False
         job.refresh_from_db()
-        _handler_or_none(job).released(job)
+        handler_or_none(job.job_type).released(job)
     logger.info("job %s handed back to the queue: %s", job.pk, reason)
     return True
 
 
-def hand_back_all(prefix: str, *, reason: str) -> int:
-    """Hand back every job still held by processes whose worker id starts with `prefix`."""
-    jobs = Job.objects.filter(status=JobStatus.PROCESSING, locked_by__startswith=prefix)
+def hand_back_all(cluster: str, *, reason: str) -> int:
+    """Hand back every job still leased by the processes of worker cluster `cluster`."""
+    jobs = Job.objects.held_by_cluster(cluster)
     return sum(hand_back(job, holder=job.locked_by, reason=reason) for job in jobs)
 
 
@@ -265,37 +297,48 @@ def enqueue_periodic_jobs() -> list[str]:
 def reap_expired_leases() -> int:
     """Jobs whose worker died (lease ran out): back to the queue, or failed when spent.
 
-    The dead attempt counts: a job that kills its worker cannot loop for ever.
+    The dead attempt counts: a job that kills its worker cannot loop for ever. A job whose
+    hooks fail is logged and left for the next round; the others are still taken back.
     """
     now = timezone.now()
     reaped = 0
     for job in Job.objects.lease_expired(now):
-        logger.warning("job %s: worker %s stopped renewing its lease", job.pk, job.locked_by)
-        error = "The worker running it stopped unexpectedly."
-        holder = Job.objects.filter(
-            pk=job.pk,
-            status=JobStatus.PROCESSING,
-            locked_by=job.locked_by,
-            locked_until=job.locked_until,
-        )
-        with transaction.atomic():
-            if job.retries_left > 0:
-                if holder.update(
-                    status=JobStatus.QUEUED,
-                    run_after=now + retry_delay(job.attempts),
-                    last_error=error,
-                    locked_by="",
-                    locked_until=None,
-                ):
-                    job.refresh_from_db()
-                    _handler_or_none(job).retrying(job, error, job.run_after)
-                    reaped += 1
-            elif holder.update(
-                status=JobStatus.FAILED, last_error=error, finished_at=now, locked_until=None
-            ):
-                job.refresh_from_db()
-                _handler_or_none(job).failed(job, "worker_lost", error)
-                reaped += 1
+        try:
+            reaped += _reap(job, now)
+        except Exception:
+            logger.exception("job %s: taking back its expired lease failed", job.pk)
     if reaped:
         logger.warning("took back %d job(s) whose worker stopped renewing its lease", reaped)
     return reaped
+
+
+def _reap(job: Job, now: datetime) -> bool:
+    logger.warning("job %s: worker %s stopped renewing its lease", job.pk, job.locked_by)
+    error = "The worker running it stopped unexpectedly."
+    holder = Job.objects.filter(
+        pk=job.pk,
+        status=JobStatus.PROCESSING,
+        locked_by=job.locked_by,
+        locked_until=job.locked_until,
+    )
+    handler = handler_or_none(job.job_type)
+    with transaction.atomic():
+        if job.retries_left > 0:
+            if not holder.update(
+                status=JobStatus.QUEUED,
+                run_after=now + retry_delay(job.attempts),
+                last_error=error,
+                locked_by="",
+                locked_until=None,
+            ):
+                return False
+            job.refresh_from_db()
+            handler.retrying(job, error, job.run_after)
+            return True
+        if not holder.update(
+            status=JobStatus.FAILED, last_error=error, finished_at=now, locked_until=None
+        ):
+            return False
+        job.refresh_from_db()
+        handler.failed(job, "worker_lost", error)
+        return True

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import av
@@ -21,9 +22,14 @@ import pytest
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection
+from django.test import Client
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
+
+from tests.sseclient import EventStream
+from transcription.models import TranscriptRun
 
 ROOT = Path(__file__).resolve().parent.parent
 # A copy of ../shared/audio/jfk.flac (public domain), tracked so the suite runs anywhere.
@@ -49,6 +55,35 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> ob
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.05)
+
+
+def _first_lapse(predicate: Callable[[], object], for_seconds: float) -> float | None:
+    """Check `predicate` again and again for `for_seconds`: the time at which it was first
+    false, or None if it held throughout."""
+    started = time.monotonic()
+    while True:
+        if not predicate():
+            return time.monotonic() - started
+        if time.monotonic() - started >= for_seconds:
+            return None
+        time.sleep(0.05)
+
+
+def stays_true(predicate: Callable[[], object], for_seconds: float, what: str) -> None:
+    """Fail the first time `predicate` is false within `for_seconds`.
+
+    How a test shows that something does *not* happen: a bare sleep followed by one assert
+    looks once, at the end, and says nothing of what the time was for."""
+    lapse = _first_lapse(predicate, for_seconds)
+    if lapse is not None:
+        raise AssertionError(f"{what} stopped holding after {lapse:.2f}s of {for_seconds}s")
+
+
+def never_happens(predicate: Callable[[], object], for_seconds: float, what: str) -> None:
+    """Fail as soon as `predicate` is true within `for_seconds` (see `stays_true`)."""
+    lapse = _first_lapse(lambda: not predicate(), for_seconds)
+    if lapse is not None:
+        raise AssertionError(f"{what} happened after {lapse:.2f}s (watched for {for_seconds}s)")
 
 
 def redis_reachable() -> bool:
@@ -109,6 +144,32 @@ def bob(db) -> Account:  # type: ignore[no-untyped-def]
 
 def stored_files() -> list[Path]:
     return sorted(p for p in Path(settings.UPLOAD_DIR).iterdir())
+
+
+# --- Uploads through the test client --------------------------------------------------------
+
+
+def post_audio(
+    client: Client,
+    audio: Path | bytes,
+    name: str | None = None,
+    *,
+    headers: dict[str, str] | None = None,
+    **fields: object,
+) -> Any:
+    """POST /api/transcribe with one file (a path, or bytes under `name`) and the form
+    `fields`, as a multipart form: exactly what is given, nothing added."""
+    content = audio.read_bytes() if isinstance(audio, Path) else audio
+    filename = name or (audio.name if isinstance(audio, Path) else "upload.bin")
+    data = {"file": SimpleUploadedFile(filename, content), **fields}
+    return client.post("/api/transcribe", data, headers=headers)
+
+
+def queued_run(client: Client, audio: Path = JFK, **fields: Any) -> dict[str, Any]:
+    """A run queued through the API in async mode (no transcription in the request)."""
+    response = post_audio(client, audio, mode="async", **fields)
+    assert response.status_code == 202, response.content
+    return dict(response.json())
 
 
 # --- Real processes -----------------------------------------------------------------------
@@ -221,6 +282,62 @@ def processes(transactional_db, settings, tmp_path: Path, request) -> Iterator[P
     procs = Processes(Path(settings.DATA_DIR), logs)
     yield procs
     procs.stop_all()
+
+
+class Service:
+    """The product as a client meets it over HTTP: a web process, the worker clusters a test
+    starts, and Alice, who submits through the API with her token."""
+
+    def __init__(self, processes: Processes, account: Account) -> None:
+        self.processes = processes
+        self.account = account
+        self.web_url = ""
+
+    def start_web(self, **env: str) -> str:
+        self.web_url = self.processes.web(**env)
+        return self.web_url
+
+    def worker(self, **env: str) -> subprocess.Popen[bytes]:
+        return self.processes.worker(**env)
+
+    def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """A request to the web process with Alice's token (read when sent: tests change it)."""
+        headers = {"Authorization": f"Bearer {self.account.token}"}
+        return httpx.request(method, self.web_url + path, headers=headers, timeout=120, **kwargs)
+
+    def post(self, path: Path, **fields: str) -> httpx.Response:
+        """POST `path` to /api/transcribe with exactly these form fields."""
+        with path.open("rb") as handle:
+            return self.api(
+                "POST", "/api/transcribe", files={"file": (path.name, handle)}, data=fields
+            )
+
+    def submit(self, path: Path = JFK, **fields: str) -> dict[str, Any]:
+        """A run queued in async mode with these options, as its JSON."""
+        response = self.post(path, **{"mode": "async", **fields})
+        assert response.status_code == 202, response.text
+        return dict(response.json())
+
+    def events_url(self, run: dict[str, Any]) -> str:
+        """The run's event stream with its read-only events token, as a browser opens it."""
+        return f"{self.web_url}{run['links']['events']}?access_token={run['eventsToken']}"
+
+    def events(self, run: dict[str, Any]) -> EventStream:
+        return EventStream(self.events_url(run))
+
+    def wait_for_status(self, run_id: str, status: str, timeout: float = 120) -> TranscriptRun:
+        wait_until(
+            lambda: TranscriptRun.objects.get(pk=run_id).status == status,
+            timeout,
+            f"run {run_id} to be {status}",
+        )
+        return TranscriptRun.objects.get(pk=run_id)
+
+
+@pytest.fixture
+def service(processes: Processes) -> Service:
+    """Real processes and Alice; the test starts the web process and workers it needs."""
+    return Service(processes, make_account("alice"))
 
 
 def speech_16k(repeats: int = 1) -> np.ndarray:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from tasks_admin.handlers import Attempt, PermanentError, register
+from tasks_admin.handlers import Attempt, BaseJobHandler, PermanentError, register
 from tasks_admin.models import Job
 
 
@@ -37,16 +37,14 @@ def read_log(data_dir: Path) -> list[list[str]]:
     return [line.split() for line in path.read_text().splitlines()]
 
 
-class _Base:
-    job_type = ""
-
+class _Base(BaseJobHandler[None]):
     def started(self, attempt: Attempt) -> None:
         log("start", attempt.job.pk, attempt.worker_id, attempt.job.attempts)
 
     def run(self, attempt: Attempt) -> None:
         pass
 
-    def succeeded(self, attempt: Attempt) -> None:
+    def succeeded(self, attempt: Attempt, result: None) -> None:
         log("finish", attempt.job.pk, attempt.worker_id)
 
     def retrying(self, job: Job, error: str, retry_at: datetime) -> None:

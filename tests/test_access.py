@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from django.core.files.uploadedfile import SimpleUploadedFile
 from rest_framework.test import APIClient
+
+from tests.conftest import queued_run
 
 
 @pytest.fixture
-def alices_run(alice, jfk) -> str:
-    response = alice.client.post(
-        "/api/transcribe",
-        {"file": SimpleUploadedFile("jfk.flac", jfk.read_bytes()), "mode": "async"},
-        format="multipart",
-    )
-    assert response.status_code == 202
-    return str(response.json()["runId"])
+def alices_run(alice) -> str:  # type: ignore[no-untyped-def]
+    return str(queued_run(alice.client)["runId"])
 
 
 @pytest.mark.django_db

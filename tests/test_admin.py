@@ -282,8 +282,8 @@ def test_requeue_now_makes_a_delayed_held_job_due_and_skips_processing_ones(root
         alice.user,
         status=RunStatus.QUEUED,
         run_after=timezone.now() + timedelta(minutes=2),
-        locked_by="pick:c1:h:1",
-        locked_until=timezone.now() + timedelta(seconds=15),
+        picked_by="c1:h:1",
+        picked_until=timezone.now() + timedelta(seconds=15),
         attempts=1,
     )
     _, busy = make_run(
@@ -298,7 +298,7 @@ def test_requeue_now_makes_a_delayed_held_job_due_and_skips_processing_ones(root
 
     delayed.refresh_from_db()
     assert delayed.run_after <= timezone.now()
-    assert (delayed.locked_by, delayed.locked_until) == ("", None)
+    assert (delayed.picked_by, delayed.picked_until) == ("", None)
     assert delayed.attempts == 1  # the attempts it used stay used
     assert Job.objects.due().filter(pk=delayed.pk).exists()
     busy.refresh_from_db()

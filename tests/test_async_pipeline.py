@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import httpx
 import pytest
 
-from tests.conftest import JFK_REFERENCE, make_account, redis_reachable, words
+from tests.conftest import JFK_REFERENCE, Service, redis_reachable, words
 from tests.sseclient import EventStream
 from transcription.models import TranscriptRun
 
@@ -21,20 +20,9 @@ DELIVERY = [
 ]
 
 
-def submit_async(base: str, token: str, path) -> httpx.Response:  # type: ignore[no-untyped-def]
-    with path.open("rb") as handle:
-        return httpx.post(
-            f"{base}/api/transcribe",
-            headers={"Authorization": f"Bearer {token}"},
-            files={"file": (path.name, handle, "audio/flac")},
-            data={"mode": "async"},
-            timeout=30,
-        )
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("delivery", DELIVERY)
-def test_async_run_streams_live_progress_from_a_real_worker(processes, jfk, delivery, monkeypatch):
+def test_async_run_streams_live_progress_from_a_real_worker(service, jfk, delivery, monkeypatch):
     import os
 
     if not delivery:
@@ -43,17 +31,16 @@ def test_async_run_streams_live_progress_from_a_real_worker(processes, jfk, deli
     # With Redis, the database poller is pushed far out so only pub/sub can deliver in time.
     only_redis = {"EVENTS_DB_POLL_MS": "600000", "REDIS_SAFETY_POLL_MS": "600000"}
     env = {"REDIS_URL": os.environ["REDIS_URL"], **only_redis} if delivery else {}
-    account = make_account("alice")
-    base = processes.web(**env)
+    service.start_web(**env)
 
-    response = submit_async(base, account.token, jfk)
+    response = service.post(jfk, mode="async")
     assert response.status_code == 202, response.text
     run = response.json()
     assert response.headers["Location"] == f"/api/runs/{run['runId']}"
     assert run["status"] == "queued" and run["queuePosition"] == 1
 
     # Connected before any worker exists, with the read-only events token.
-    stream = EventStream(f"{base}{run['links']['events']}?access_token={run['eventsToken']}")
+    stream = service.events(run)
     try:
         assert stream.status == 200
         assert stream.response_headers["content-type"].startswith("text/event-stream")
@@ -61,7 +48,7 @@ def test_async_run_streams_live_progress_from_a_real_worker(processes, jfk, deli
         assert stream.response_headers["cache-control"] == "no-cache"
         stream.wait_for("init", timeout=10)
 
-        processes.worker(**env)
+        service.worker(**env)
         done = stream.wait_for("done", timeout=120)
     finally:
         stream.close()
@@ -90,28 +77,30 @@ def test_async_run_streams_live_progress_from_a_real_worker(processes, jfk, deli
     assert stored.jobs.get().attempts == 1
 
     # The same result through the API, with every export format.
-    headers = {"Authorization": f"Bearer {account.token}"}
-    fetched = httpx.get(f"{base}/api/runs/{run['runId']}", headers=headers).json()
+    fetched = service.api("GET", f"/api/runs/{run['runId']}").json()
     assert words(fetched["text"]) == words(JFK_REFERENCE)
     for fmt, marker in [("txt", "fellow"), ("srt", "-->"), ("vtt", "WEBVTT"), ("json", "segments")]:
-        export = httpx.get(
-            f"{base}/api/runs/{run['runId']}/transcript", params={"format": fmt}, headers=headers
-        )
+        export = service.api("GET", f"/api/runs/{run['runId']}/transcript", params={"format": fmt})
         assert export.status_code == 200 and marker in export.text
 
 
-@pytest.mark.slow
-def test_connecting_to_a_finished_run_gives_init_and_done_at_once(processes, jfk):
-    account = make_account("alice")
-    base = processes.web()
-    processes.worker()
-    run = submit_async(base, account.token, jfk).json()
+def watched_to_the_end(service: Service) -> tuple[str, dict[str, str], EventStream]:
+    """A run that a real worker finished while a client (a script, its API token in a header)
+    watched the whole stream: the stream's URL, the headers, and the closed stream."""
+    base = service.start_web()
+    service.worker()
+    run = service.submit()
     events_url = f"{base}{run['links']['events']}"
-    headers = {"Authorization": f"Bearer {account.token}"}
+    headers = {"Authorization": f"Bearer {service.account.token}"}
+    whole = EventStream(events_url, headers=headers)
+    whole.wait_for("done", timeout=120)
+    whole.close()
+    return events_url, headers, whole
 
-    first = EventStream(events_url, headers=headers)
-    first.wait_for("done", timeout=120)
-    first.close()
+
+@pytest.mark.slow
+def test_connecting_to_a_finished_run_gives_init_and_done_at_once(service):
+    events_url, headers, _ = watched_to_the_end(service)
 
     late = EventStream(events_url, headers=headers)
     late.ended.wait(10)
@@ -123,16 +112,8 @@ def test_connecting_to_a_finished_run_gives_init_and_done_at_once(processes, jfk
 
 
 @pytest.mark.slow
-def test_reconnecting_with_last_event_id_replays_what_was_missed(processes, jfk):
-    account = make_account("alice")
-    base = processes.web()
-    processes.worker()
-    run = submit_async(base, account.token, jfk).json()
-    events_url = f"{base}{run['links']['events']}"
-    headers = {"Authorization": f"Bearer {account.token}"}
-    whole = EventStream(events_url, headers=headers)
-    whole.wait_for("done", timeout=120)
-    whole.close()
+def test_reconnecting_with_last_event_id_replays_what_was_missed(service):
+    events_url, headers, whole = watched_to_the_end(service)
     sent = [(e.id, e.name) for e in whole.events[1:]]
 
     resumed = EventStream(events_url, headers={**headers, "Last-Event-ID": whole.events[1].id})

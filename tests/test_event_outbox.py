@@ -6,11 +6,11 @@ from datetime import timedelta
 
 import pytest
 import time_machine
-from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import transaction
 from django.utils import timezone
 from django_eventstream.models import Event
 
+from tests.conftest import queued_run
 from transcription.events import deliver_outbox, deliver_stranded_events, publish
 from transcription.models import RunEventOutbox, TranscriptRun
 
@@ -18,13 +18,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def run(alice, jfk) -> TranscriptRun:
-    response = alice.client.post(
-        "/api/transcribe",
-        {"file": SimpleUploadedFile("jfk.flac", jfk.read_bytes()), "mode": "async"},
-        format="multipart",
-    )
-    return TranscriptRun.objects.select_related("audio").get(pk=response.json()["runId"])
+def run(alice) -> TranscriptRun:  # type: ignore[no-untyped-def]
+    return TranscriptRun.objects.select_related("audio").get(pk=queued_run(alice.client)["runId"])
 
 
 def stored(run: TranscriptRun, event: str) -> dict[str, int]:

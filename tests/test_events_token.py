@@ -13,11 +13,10 @@ from typing import Any
 import httpx
 import pytest
 from django.contrib.auth import get_user_model
-from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from rest_framework.authtoken.models import Token
 
-from tests.conftest import make_account
+from tests.conftest import post_audio
 from tests.sseclient import EventStream
 
 
@@ -44,17 +43,10 @@ def regenerate_on_the_token_page(user: Any) -> str:
 
 
 @pytest.mark.slow
-def test_a_new_api_token_revokes_the_events_tokens_issued_before(processes, jfk):
-    alice = make_account("alice")
-    base = processes.web()
-    with jfk.open("rb") as audio:
-        run = httpx.post(
-            f"{base}/api/transcribe",
-            headers={"Authorization": f"Bearer {alice.token}"},
-            files={"file": audio},
-            data={"mode": "async"},
-            timeout=30,
-        ).json()
+def test_a_new_api_token_revokes_the_events_tokens_issued_before(service):
+    alice = service.account
+    base = service.start_web()
+    run = service.submit()
     old = run["eventsToken"]
     assert opens(base, old)
 
@@ -81,10 +73,7 @@ def test_a_user_without_an_api_token_gets_working_events_tokens(processes, jfk):
     browser = Client()
     browser.force_login(user)
     base = processes.web()
-    answer = browser.post(
-        "/api/transcribe",
-        {"file": SimpleUploadedFile("jfk.flac", jfk.read_bytes()), "mode": "async"},
-    )
+    answer = post_audio(browser, jfk, mode="async")
     assert answer.status_code == 202, answer.content
     assert not Token.objects.filter(user=user).exists()
     first = answer.json()["eventsToken"]

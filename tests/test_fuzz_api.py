@@ -17,14 +17,13 @@ from typing import Any
 
 import pytest
 import schemathesis
-from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.wsgi import get_wsgi_application
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 from rest_framework.test import APIClient
 
 from tasks_admin.models import Job
-from tests.conftest import Account, make_account, stored_files
+from tests.conftest import Account, make_account, post_audio, stored_files
 from tests.test_bad_input import wav
 from tests.test_openapi import (
     HTTP_METHODS,
@@ -233,11 +232,7 @@ def assert_nothing_stored() -> None:
 
 @pytest.mark.parametrize(("field", "value"), UPLOAD_FIELDS, ids=[f for f, _ in UPLOAD_FIELDS])
 def test_a_nul_in_an_upload_field_is_400_naming_it(alice, field, value):
-    response = alice.client.post(
-        "/api/transcribe",
-        {"file": SimpleUploadedFile("one.wav", wav(1.0)), "mode": "async", field: value},
-        format="multipart",
-    )
+    response = post_audio(alice.client, wav(1.0), "one.wav", **{"mode": "async", field: value})
 
     assert_error(response, 400, field)
     assert_nothing_stored()
@@ -245,11 +240,8 @@ def test_a_nul_in_an_upload_field_is_400_naming_it(alice, field, value):
 
 @pytest.mark.parametrize("key", ["\x00", "key\x00", "k\x00ey", "key\x1b[31m", "key\x7f"])
 def test_a_control_character_in_the_idempotency_key_is_400(alice, key):
-    response = alice.client.post(
-        "/api/transcribe",
-        {"file": SimpleUploadedFile("one.wav", wav(1.0)), "mode": "async"},
-        format="multipart",
-        HTTP_IDEMPOTENCY_KEY=key,
+    response = post_audio(
+        alice.client, wav(1.0), "one.wav", mode="async", headers={"Idempotency-Key": key}
     )
 
     assert_error(response, 400, "Idempotency-Key")

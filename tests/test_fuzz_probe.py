@@ -1,14 +1,14 @@
 """The probe is a door too (issue #9): whatever the bytes, `probe_audio` answers a `Probe` or
 refuses with a clean 4xx, within its time budget, and never reads another file or URL.
 
-The contract tested here: `transcription.probe.probe_audio(path)` returns a Probe
-(`content_type`, `duration_ms`, `codec`) or raises `ApiError` with status 400, 413, 415 or 422
-and a human message that names no server path. Anything else (another exception, a hang, a
-request to a URL the upload names) is a bug. Inputs: random bytes, random bytes behind real
-magic numbers, jfk.flac written in every container PyAV can write here (then truncated,
-spliced and bit-flipped), a short file from every muxer FFmpeg has, and playlists, subtitles,
-images and text that FFmpeg would open if let. A sample goes through `POST /api/transcribe`:
-a refusal leaves no row and no file.
+The contract tested here: `transcription.probe.probe_audio(path)` returns a Probe (`content_type`,
+`duration_ms`, `codec`) or refuses (lingoloop.refusals) with a kind the API answers 400, 413, 415 or
+422, and a human message that names no server path. Anything else (another exception, a hang, a
+request to a URL the upload names) is a bug. Inputs: random bytes, random bytes behind real magic
+numbers, jfk.flac written in every container PyAV can write here (then truncated, spliced and
+bit-flipped), a short file from every muxer FFmpeg has, and playlists, subtitles, images and text
+that FFmpeg would open if let. A sample goes through `POST /api/transcribe`: a refusal leaves no row
+and no file.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from lingoloop.errors import ApiError
+from lingoloop.refusals import Refused
 from tasks_admin.models import Job
 from tests.conftest import JFK, stored_files
 from tests.test_bad_input import assert_refused, png, post
@@ -60,9 +61,9 @@ FUZZ = hypothesis_settings(
 
 
 def probe_within_budget(path: Path) -> probe.Probe | ApiError:
-    """The probe's answer, or its ApiError. Fails the test on any other exception and when it
-    takes longer than BUDGET_SECONDS (the probe goes on in a daemon thread; the test does not
-    wait for it)."""
+    """The probe's answer, or its refusal as the API answers it. Fails the test on any other
+    exception and when it takes longer than BUDGET_SECONDS (the probe goes on in a daemon
+    thread; the test does not wait for it)."""
     outcome: list[Any] = []
 
     def run() -> None:
@@ -78,12 +79,12 @@ def probe_within_budget(path: Path) -> probe.Probe | ApiError:
     if not outcome:
         pytest.fail(f"probe_audio({path.name}) still running after {BUDGET_SECONDS}s")
     (answer,) = outcome
-    if isinstance(answer, ApiError):
-        return answer
+    if isinstance(answer, Refused):
+        return ApiError.from_refusal(answer)
     if isinstance(answer, BaseException):
         raise AssertionError(
             f"probe_audio({path.name}) raised {type(answer).__name__} after "
-            f"{time.monotonic() - started:.2f}s, not an ApiError"
+            f"{time.monotonic() - started:.2f}s, not a refusal"
         ) from answer
     return answer  # type: ignore[no-any-return]
 

@@ -16,11 +16,10 @@ from typing import Any
 
 import pytest
 from django.contrib import admin
-from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from django.urls import reverse
 
-from tests.conftest import JFK, Account, make_account
+from tests.conftest import Account, make_account, queued_run
 from tests.test_ui import (  # noqa: F401  (fixtures used by the browser test)
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -107,14 +106,8 @@ def staff_client(staff) -> Client:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def a_run(staff, jfk) -> str:  # type: ignore[no-untyped-def]
-    response = staff.client.post(
-        "/api/transcribe",
-        {"file": SimpleUploadedFile("jfk.flac", jfk.read_bytes()), "mode": "async"},
-        format="multipart",
-    )
-    assert response.status_code == 202, response.content
-    return str(response.json()["runId"])
+def a_run(staff) -> str:  # type: ignore[no-untyped-def]
+    return str(queued_run(staff.client)["runId"])
 
 
 def page_paths(run_id: str) -> Iterator[str]:
@@ -204,7 +197,6 @@ document.addEventListener("securitypolicyviolation", event => window.__violation
 @requires_chromium
 @pytest.mark.slow
 def test_every_page_works_in_chromium_without_a_policy_violation(processes, collected_static):  # noqa: F811
-    import httpx
     from playwright.sync_api import expect, sync_playwright
 
     # The ORM before the browser starts (see tests/test_ui.py's docstring).
@@ -213,15 +205,7 @@ def test_every_page_works_in_chromium_without_a_policy_violation(processes, coll
     operator.user.save()  # type: ignore[attr-defined]
     (processes.data_dir / "staticfiles").symlink_to(collected_static, target_is_directory=True)
     base = processes.web(LOGIN_FAILURE_LIMIT="2")
-    submitted = httpx.post(
-        f"{base}/api/transcribe",
-        headers={"Authorization": f"Bearer {operator.token}"},
-        files={"file": JFK.open("rb")},
-        data={"mode": "async"},
-        timeout=30,
-    )
-    assert submitted.status_code == 202, submitted.text
-    run_id = submitted.json()["runId"]
+    run_id = queued_run(operator.client)["runId"]
     # Half-way, so that the page has a bar to draw.
     TranscriptRun.objects.filter(pk=run_id).update(status="processing", progress=50)
     paths = list(page_paths(run_id))

@@ -230,7 +230,10 @@ def wsgi_in_test_transaction(db) -> Iterator[None]:  # type: ignore[no-untyped-d
 @pytest.fixture(params=["user", "staff"])
 def fuzzer(request, wsgi_in_test_transaction, settings) -> Account:  # type: ignore[no-untyped-def]
     """Who sends the generated requests: a user (staff endpoints answer 403) or staff; with
-    runs in every state, so list and detail answers cover each shape a run takes."""
+    runs in every state. The schema and the answers come from the same serializers
+    (transcription/representations.py); what can still stray is where a serializer departs
+    from its fields (a run's result fields only once it succeeded, a null error), and each
+    state takes a different one of those paths."""
     # Uploads that happen to be audio are queued, never transcribed in a worker thread.
     settings.TRANSCRIBE_SYNC_CONCURRENCY = 0
     # Every refused login hashes a password: keep hundreds of them quick.

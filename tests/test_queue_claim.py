@@ -7,7 +7,6 @@ from datetime import timedelta
 
 import pytest
 import time_machine
-from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connections
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -16,8 +15,9 @@ import tests.job_handlers  # noqa: F401  (registers the test job types)
 from tasks_admin.broker import JobBroker
 from tasks_admin.handlers import Attempt, ClaimLost
 from tasks_admin.models import Job, JobStatus
-from tasks_admin.runner import reap_expired_leases
+from tasks_admin.runner import LeaseKeeper, reap_expired_leases
 from tasks_admin.services import job_enqueue
+from tests.conftest import post_audio, queued_run
 from transcription.models import TranscriptRun
 
 pytestmark = pytest.mark.django_db
@@ -67,8 +67,10 @@ def test_a_picked_job_is_held_from_other_clusters_until_the_hold_runs_out(settin
 
     assert JobBroker().pick(limit=5) == [job.pk]
     assert JobBroker().pick(limit=5) == []
-    # Still queued for users while it waits in a cluster's memory.
-    assert Job.objects.get(pk=job.pk).status == JobStatus.QUEUED
+    # Still queued for users while it waits in a cluster's memory; no lease yet.
+    held = Job.objects.get(pk=job.pk)
+    assert (held.status, held.locked_by) == (JobStatus.QUEUED, "")
+    assert held.picked_by and held.picked_until is not None
     with time_machine.travel(timezone.now() + timedelta(seconds=16)):
         assert JobBroker().pick(limit=5) == [job.pk]
 
@@ -77,7 +79,7 @@ def test_slow_holder_whose_lease_was_taken_over_writes_nothing(settings):
     settings.WORKER_RETRY_DELAYS = [0]
     job = job_enqueue(job_type="test.record")
     assert job.claim("slow:host:1")
-    slow = Attempt(job=Job.objects.get(pk=job.pk), worker_id="slow:host:1")
+    slow = Attempt(job=job, worker_id="slow:host:1", lease_until=job.locked_until)
 
     with time_machine.travel(timezone.now() + timedelta(seconds=settings.JOB_LEASE_SECONDS + 1)):
         assert reap_expired_leases() == 1
@@ -86,6 +88,8 @@ def test_slow_holder_whose_lease_was_taken_over_writes_nothing(settings):
         assert fresh.claim("fast:host:2")
         assert fresh.finish("fast:host:2", JobStatus.SUCCEEDED)
 
+        assert LeaseKeeper(slow).tick() is False  # its compare-and-set matches no row
+        assert slow.lost.is_set()
         with pytest.raises(ClaimLost):
             slow.heartbeat()
         assert slow.job.finish("slow:host:1", JobStatus.FAILED, error="late") is False
@@ -112,20 +116,10 @@ def test_expired_lease_with_no_attempts_left_fails_the_job(settings):
     assert job.finished_at is not None
 
 
-def submit(client: APIClient, jfk, **data) -> dict:  # type: ignore[no-untyped-def]
-    response = client.post(
-        "/api/transcribe",
-        {"file": SimpleUploadedFile("jfk.flac", jfk.read_bytes()), "mode": "async", **data},
-        format="multipart",
-    )
-    assert response.status_code == 202, response.json()
-    return response.json()  # type: ignore[no-any-return]
-
-
-def test_queue_positions_shown_by_the_api_match_claim_order(alice, jfk):
-    first = submit(alice.client, jfk)
-    second = submit(alice.client, jfk)
-    urgent = submit(alice.client, jfk, priority=5)
+def test_queue_positions_shown_by_the_api_match_claim_order(alice):
+    first = queued_run(alice.client)
+    second = queued_run(alice.client)
+    urgent = queued_run(alice.client, priority=5)
 
     positions = {
         run["runId"]: alice.client.get(f"/api/runs/{run['runId']}/progress").json()["queuePosition"]
@@ -142,20 +136,16 @@ def test_queue_positions_shown_by_the_api_match_claim_order(alice, jfk):
 def test_priority_is_bounded_for_users_and_wider_for_staff(alice, jfk):
     from tests.conftest import make_account
 
-    refused = alice.client.post(
-        "/api/transcribe",
-        {"file": SimpleUploadedFile("a.flac", jfk.read_bytes()), "priority": 50},
-        format="multipart",
-    )
+    refused = post_audio(alice.client, jfk, "a.flac", priority=50)
     staff = make_account("operator", staff=True)
 
     assert refused.status_code == 400
     assert refused.json()["error"]["field"] == "priority"
-    assert submit(staff.client, jfk, priority=50)["jobs"][0]["status"] == "queued"
+    assert queued_run(staff.client, priority=50)["jobs"][0]["status"] == "queued"
 
 
-def test_cancelling_a_queued_run_cancels_its_job_at_once(alice, jfk):
-    run = submit(alice.client, jfk)
+def test_cancelling_a_queued_run_cancels_its_job_at_once(alice):
+    run = queued_run(alice.client)
 
     response = alice.client.post(f"/api/runs/{run['runId']}/cancel")
 
@@ -165,8 +155,8 @@ def test_cancelling_a_queued_run_cancels_its_job_at_once(alice, jfk):
     assert JobBroker().pick(limit=5) == []
 
 
-def test_cancelling_a_finished_run_is_a_conflict(alice, jfk):
-    run = submit(alice.client, jfk)
+def test_cancelling_a_finished_run_is_a_conflict(alice):
+    run = queued_run(alice.client)
     alice.client.post(f"/api/runs/{run['runId']}/cancel")
 
     again = alice.client.post(f"/api/runs/{run['runId']}/cancel")
@@ -175,8 +165,8 @@ def test_cancelling_a_finished_run_is_a_conflict(alice, jfk):
     assert again.json()["error"]["code"] == "run_finished"
 
 
-def test_retry_queues_a_cancelled_run_with_a_fresh_job(alice, jfk):
-    run = submit(alice.client, jfk)
+def test_retry_queues_a_cancelled_run_with_a_fresh_job(alice):
+    run = queued_run(alice.client)
     alice.client.post(f"/api/runs/{run['runId']}/cancel")
 
     response = alice.client.post(f"/api/runs/{run['runId']}/retry")
@@ -195,12 +185,7 @@ def test_concurrent_posts_with_one_idempotency_key_create_one_run(alice, jfk):
     def post() -> None:
         client = APIClient()
         client.credentials(HTTP_AUTHORIZATION=f"Bearer {alice.token}")
-        response = client.post(
-            "/api/transcribe",
-            {"file": SimpleUploadedFile("jfk.flac", jfk.read_bytes()), "mode": "async"},
-            format="multipart",
-            HTTP_IDEMPOTENCY_KEY="same-key",
-        )
+        response = post_audio(client, jfk, mode="async", headers={"Idempotency-Key": "same-key"})
         answers.append(response.status_code)
         connections.close_all()
 

@@ -15,9 +15,8 @@ from django.conf import settings
 
 from tasks_admin.models import Job, JobStatus, Worker
 from tasks_admin.services import job_enqueue
-from tests.conftest import long_speech, make_account, wait_until
+from tests.conftest import long_speech, make_account, never_happens, stays_true, wait_until
 from tests.job_handlers import read_log
-from tests.sseclient import EventStream
 from transcription.models import TranscriptRun
 
 pytestmark = pytest.mark.slow
@@ -30,35 +29,21 @@ def job_status(job: Job) -> str:
     return job.status
 
 
-def submit(base: str, token: str, path: Path) -> dict:  # type: ignore[type-arg]
-    with path.open("rb") as handle:
-        response = httpx.post(
-            f"{base}/api/transcribe",
-            headers={"Authorization": f"Bearer {token}"},
-            files={"file": (path.name, handle)},
-            data={"mode": "async"},
-            timeout=60,
-        )
-    assert response.status_code == 202, response.text
-    return response.json()  # type: ignore[no-any-return]
-
-
-def test_kill_9_mid_transcription_then_a_new_worker_finishes_the_run_once(processes, tmp_path):
+def test_kill_9_mid_transcription_then_a_new_worker_finishes_the_run_once(service, tmp_path):
     audio = long_speech(tmp_path / "long.wav", repeats=8)
-    account = make_account("alice")
-    base = processes.web()
-    run = submit(base, account.token, audio)
-    stream = EventStream(f"{base}{run['links']['events']}?access_token={run['eventsToken']}")
+    service.start_web()
+    run = service.submit(audio)
+    stream = service.events(run)
     # Short enough to recover quickly, long enough that a loaded machine never misses a beat.
     fast_recovery = {"JOB_LEASE_SECONDS": "6", "WORKER_RETRY_DELAYS": "100"}
     try:
-        doomed = processes.worker(**fast_recovery)
+        doomed = service.worker(**fast_recovery)
         wait_until(lambda: TranscriptRun.objects.get(pk=run["runId"]).progress > 5, 120, "progress")
         os.killpg(doomed.pid, signal.SIGKILL)  # the whole cluster dies, as with a lost machine
         doomed.wait()
-        processes.worker(**fast_recovery)
+        service.worker(**fast_recovery)
         stream.wait_for("done", timeout=180)
-        time.sleep(1)  # a second `done` would arrive by now
+        never_happens(lambda: stream.names().count("done") > 1, 1, "a second `done` event")
     finally:
         stream.close()
 
@@ -157,51 +142,41 @@ def test_high_priority_job_submitted_last_is_claimed_first(processes):
     assert order == [str(j.pk) for j in [urgent, *normal]]
 
 
-def test_cancel_while_queued_means_the_job_never_starts(processes, jfk):
-    account = make_account("alice")
-    base = processes.web()
-    run = submit(base, account.token, jfk)
-    headers = {"Authorization": f"Bearer {account.token}"}
+def test_cancel_while_queued_means_the_job_never_starts(service):
+    service.start_web()
+    run = service.submit()
+    job = Job.objects.get(run_id=run["runId"])
 
-    cancelled = httpx.post(f"{base}/api/runs/{run['runId']}/cancel", headers=headers)
-    processes.worker()
-    time.sleep(1.5)  # long enough for a worker that wrongly picked it to have started it
+    def left_alone() -> bool:
+        job.refresh_from_db()
+        return (job.status, job.attempts) == (JobStatus.CANCELLED, 0)
+
+    cancelled = service.api("POST", f"/api/runs/{run['runId']}/cancel")
+    service.worker()
+    # Long enough for a worker that wrongly picked it to have started it.
+    stays_true(left_alone, 1.5, "the cancelled job left alone by the worker")
 
     assert cancelled.json()["status"] == "cancelled"
-    job = Job.objects.get(run_id=run["runId"])
-    assert (job.status, job.attempts) == (JobStatus.CANCELLED, 0)
-    after = httpx.post(f"{base}/api/runs/{run['runId']}/cancel", headers=headers)
+    after = service.api("POST", f"/api/runs/{run['runId']}/cancel")
     assert after.status_code == 409
 
 
-def test_cancel_while_processing_stops_soon_and_frees_the_worker(processes, tmp_path, jfk):
-    account = make_account("alice")
-    base = processes.web()
-    processes.worker()
-    long_run = submit(base, account.token, long_speech(tmp_path / "long.wav", repeats=12))
+def test_cancel_while_processing_stops_soon_and_frees_the_worker(service, tmp_path):
+    service.start_web()
+    service.worker()
+    long_run = service.submit(long_speech(tmp_path / "long.wav", repeats=12))
     wait_until(lambda: TranscriptRun.objects.get(pk=long_run["runId"]).progress > 0, 60, "progress")
-    next_run = submit(base, account.token, jfk)
+    next_run = service.submit()
 
     asked = time.monotonic()
-    response = httpx.post(
-        f"{base}/api/runs/{long_run['runId']}/cancel",
-        headers={"Authorization": f"Bearer {account.token}"},
-    )
+    response = service.api("POST", f"/api/runs/{long_run['runId']}/cancel")
     assert response.status_code == 200
-    wait_until(
-        lambda: TranscriptRun.objects.get(pk=long_run["runId"]).status == "cancelled",
-        30,
-        "the processing run to stop",
-    )
+    service.wait_for_status(long_run["runId"], "cancelled", timeout=30)
     stopped_after = time.monotonic() - asked
 
     assert stopped_after < 10
     assert Job.objects.get(run_id=long_run["runId"]).status == JobStatus.CANCELLED
-    wait_until(
-        lambda: TranscriptRun.objects.get(pk=next_run["runId"]).status == "succeeded",
-        60,
-        "the worker to take the next job",
-    )
+    service.wait_for_status(next_run["runId"], "succeeded", timeout=60)
 
 
 def test_sigterm_lets_a_short_job_finish(processes):
@@ -242,8 +217,8 @@ def test_paused_cluster_claims_nothing_until_resumed(processes):
 
     paused = httpx.delete(f"{base}/api/admin/worker", headers=headers).json()
     job = job_enqueue(job_type="test.record")
-    time.sleep(1.5)  # several poll intervals: a running cluster would have taken it
-    assert job_status(job) == JobStatus.QUEUED
+    # Several poll intervals: a running cluster would have taken it.
+    stays_true(lambda: job_status(job) == JobStatus.QUEUED, 1.5, "the job queued while paused")
     resumed = httpx.post(f"{base}/api/admin/worker", headers=headers).json()
     wait_until(lambda: job_status(job) == JobStatus.SUCCEEDED, 30, "the job after resume")
 

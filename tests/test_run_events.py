@@ -13,27 +13,24 @@ from datetime import timedelta
 import httpx
 import pytest
 import time_machine
-from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection
 from django.utils import timezone
 
-from tests.conftest import free_port, long_speech, make_account, redis_reachable, wait_until
+from tests.conftest import (
+    free_port,
+    long_speech,
+    make_account,
+    queued_run,
+    redis_reachable,
+    stays_true,
+    wait_until,
+)
 from tests.sseclient import EventStream
 from transcription.events import publish
 from transcription.models import TranscriptRun
 from transcription.tokens import events_token_for
 
 pytestmark = pytest.mark.slow
-
-
-def queued_run(account, jfk) -> dict:  # type: ignore[no-untyped-def, type-arg]
-    response = account.client.post(
-        "/api/transcribe",
-        {"file": SimpleUploadedFile("jfk.flac", jfk.read_bytes()), "mode": "async"},
-        format="multipart",
-    )
-    assert response.status_code == 202
-    return response.json()  # type: ignore[no-any-return]
 
 
 def bump(run_id: str, progress: float) -> None:
@@ -44,11 +41,10 @@ def bump(run_id: str, progress: float) -> None:
     publish(run, "update", newSegments=[])
 
 
-def test_reconnect_with_last_event_id_misses_nothing_and_repeats_nothing(processes, jfk, tmp_path):
-    account = make_account("alice")
-    base = processes.web()
-    run = queued_run(account, jfk)
-    url = f"{base}{run['links']['events']}?access_token={run['eventsToken']}"
+def test_reconnect_with_last_event_id_misses_nothing_and_repeats_nothing(service):
+    service.start_web()
+    run = queued_run(service.account.client)
+    url = service.events_url(run)
     first = EventStream(url)
     first.wait_for("init")
     for step in range(1, 6):
@@ -75,18 +71,17 @@ def test_reconnect_with_last_event_id_misses_nothing_and_repeats_nothing(process
     assert [e.id for e in third.events] == [e.id for e in second.events]
 
 
-def test_event_sent_while_a_client_connects_is_not_lost(processes, jfk):
-    account = make_account("alice")
-    base = processes.web()
-    run = queued_run(account, jfk)
-    url = f"{base}{run['links']['events']}?access_token={run['eventsToken']}"
+def test_event_sent_while_a_client_connects_is_not_lost(service):
+    service.start_web()
+    run = queued_run(service.account.client)
+    url = service.events_url(run)
     stop = threading.Event()
+    sent = [0]
 
     def burst() -> None:
-        step = 0
         while not stop.is_set():
-            step += 1
-            bump(run["runId"], step % 100)
+            sent[0] += 1
+            bump(run["runId"], sent[0] % 100)
         connection.close()
 
     sender = threading.Thread(target=burst)
@@ -94,8 +89,10 @@ def test_event_sent_while_a_client_connects_is_not_lost(processes, jfk):
     streams = []
     try:
         for _ in range(15):
+            before = sent[0]
             streams.append(EventStream(url))
-            time.sleep(0.05)
+            # Events were sent while this client connected, and before the next one does.
+            wait_until(lambda: sent[0] > before + 1, 10, "events during a connect")  # noqa: B023  (waited on here)
     finally:
         stop.set()
         sender.join()
@@ -113,12 +110,11 @@ def test_event_sent_while_a_client_connects_is_not_lost(processes, jfk):
         assert ids[1:] == list(range(ids[0] + 1, ids[0] + len(ids))), stream.names()
 
 
-def test_worker_event_reaches_a_client_within_a_second_without_redis(processes, jfk, monkeypatch):
+def test_worker_event_reaches_a_client_within_a_second_without_redis(service, monkeypatch):
     monkeypatch.delenv("REDIS_URL", raising=False)
-    account = make_account("alice")
-    base = processes.web(REDIS_URL="")
-    run = queued_run(account, jfk)
-    stream = EventStream(f"{base}{run['links']['events']}?access_token={run['eventsToken']}")
+    service.start_web(REDIS_URL="")
+    run = queued_run(service.account.client)
+    stream = service.events(run)
     stream.wait_for("init")
 
     latencies = []
@@ -133,11 +129,10 @@ def test_worker_event_reaches_a_client_within_a_second_without_redis(processes, 
 
 
 @pytest.mark.skipif(not redis_reachable(), reason="REDIS_URL is not set or Redis is not reachable")
-def test_two_web_processes_with_redis_see_the_same_events(processes, jfk):
-    account = make_account("alice")
+def test_two_web_processes_with_redis_see_the_same_events(service):
     slow_db = {"EVENTS_DB_POLL_MS": "600000", "REDIS_SAFETY_POLL_MS": "600000"}  # only Redis
-    one, two = processes.web(**slow_db), processes.web(**slow_db)
-    run = queued_run(account, jfk)
+    one, two = service.start_web(**slow_db), service.processes.web(**slow_db)
+    run = queued_run(service.account.client)
     path = f"{run['links']['events']}?access_token={run['eventsToken']}"
     streams = [EventStream(one + path), EventStream(two + path)]
     for stream in streams:
@@ -155,7 +150,7 @@ def test_two_web_processes_with_redis_see_the_same_events(processes, jfk):
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="no redis-server binary")
-def test_redis_stopped_during_a_job_the_run_still_succeeds(processes, tmp_path):
+def test_redis_stopped_during_a_job_the_run_still_succeeds(service, tmp_path):
     port = free_port()
     redis = subprocess.Popen(
         [
@@ -175,27 +170,15 @@ def test_redis_stopped_during_a_job_the_run_still_succeeds(processes, tmp_path):
         redis_url = f"redis://127.0.0.1:{port}/0"
         wait_until(lambda: _redis_up(redis_url), 10, "the private redis")
         env = {"REDIS_URL": redis_url, "EVENTS_DB_POLL_MS": "500"}
-        account = make_account("alice")
-        base = processes.web(**env)
-        processes.worker(**env)
-        with (long_speech(tmp_path / "long.wav", repeats=4)).open("rb") as handle:
-            run = httpx.post(
-                f"{base}/api/transcribe",
-                headers={"Authorization": f"Bearer {account.token}"},
-                files={"file": ("long.wav", handle)},
-                data={"mode": "async"},
-                timeout=60,
-            ).json()
-        wait_until(
-            lambda: TranscriptRun.objects.get(pk=run["runId"]).status == "processing", 60, "start"
-        )
+        service.start_web(**env)
+        service.worker(**env)
+        run = service.submit(long_speech(tmp_path / "long.wav", repeats=4))
+        service.wait_for_status(run["runId"], "processing", timeout=60)
         redis.send_signal(signal.SIGKILL)
         redis.wait()
 
-        wait_until(
-            lambda: TranscriptRun.objects.get(pk=run["runId"]).status == "succeeded", 120, "done"
-        )
-        late = EventStream(f"{base}{run['links']['events']}?access_token={run['eventsToken']}")
+        service.wait_for_status(run["runId"], "succeeded")
+        late = service.events(run)
         late.ended.wait(10)
         late.close()
         assert late.names() == ["init", "done"]
@@ -215,10 +198,10 @@ def _redis_up(url: str) -> bool:
         return False
 
 
-def test_stream_auth_refuses_strangers_forgeries_and_api_tokens_in_urls(processes, jfk):
+def test_stream_auth_refuses_strangers_forgeries_and_api_tokens_in_urls(processes):
     alice, bob = make_account("alice"), make_account("bob")
     base = processes.web()
-    run = queued_run(alice, jfk)
+    run = queued_run(alice.client)
     events = f"{base}{run['links']['events']}"
     bobs_token = events_token_for(bob.user.pk)  # type: ignore[attr-defined]
 
@@ -245,11 +228,11 @@ def test_stream_auth_refuses_strangers_forgeries_and_api_tokens_in_urls(processe
         assert secret not in log
 
 
-def test_user_stream_snapshot_then_updates_of_own_runs(processes, jfk):
+def test_user_stream_snapshot_then_updates_of_own_runs(processes):
     alice, bob = make_account("alice"), make_account("bob")
     base = processes.web()
-    mine = queued_run(alice, jfk)
-    queued_run(bob, jfk)
+    mine = queued_run(alice.client)
+    queued_run(bob.client)
     stream = EventStream(
         f"{base}/api/runs/events", headers={"Authorization": f"Bearer {alice.token}"}
     )
@@ -267,11 +250,10 @@ def test_user_stream_snapshot_then_updates_of_own_runs(processes, jfk):
     not os.environ.get("DATABASE_URL", "").startswith("postgres"),
     reason="counts PostgreSQL backends; DATABASE_URL is not PostgreSQL",
 )
-def test_two_hundred_idle_streams_hold_at_most_a_handful_of_connections(processes, jfk):
-    account = make_account("alice")
-    base = processes.web()
-    run = queued_run(account, jfk)
-    url = f"{base}{run['links']['events']}?access_token={run['eventsToken']}"
+def test_two_hundred_idle_streams_hold_at_most_a_handful_of_connections(service):
+    service.start_web()
+    run = queued_run(service.account.client)
+    url = service.events_url(run)
     database = connection.settings_dict["NAME"]
 
     def backends() -> int:
@@ -288,7 +270,8 @@ def test_two_hundred_idle_streams_hold_at_most_a_handful_of_connections(processe
     try:
         for stream in streams:
             stream.wait_for("init")
-        time.sleep(1)  # idle: several poller rounds
+        # Idle, for several poller rounds: the count never rises past a handful.
+        stays_true(lambda: backends() - before <= 5, 1, "at most 5 connections held")
         held = backends() - before
     finally:
         for stream in streams:

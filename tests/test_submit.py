@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from django.core.files.uploadedfile import SimpleUploadedFile
 
 from tasks_admin.models import Job, JobStatus
-from tests.conftest import JFK_REFERENCE, stored_files, words
+from tests.conftest import JFK_REFERENCE, post_audio, stored_files, words
 from transcription.models import Audio, TranscriptRun
-
-
-def upload(path: Path, name: str | None = None) -> SimpleUploadedFile:
-    return SimpleUploadedFile(name or path.name, path.read_bytes())
 
 
 def assert_nothing_left() -> None:
@@ -25,7 +18,7 @@ def assert_nothing_left() -> None:
 
 @pytest.mark.django_db(transaction=True)
 def test_sync_transcription_returns_the_spoken_words(alice, jfk):
-    response = alice.client.post("/api/transcribe", {"file": upload(jfk)}, format="multipart")
+    response = post_audio(alice.client, jfk)
 
     assert response.status_code == 201, response.json()
     run = response.json()
@@ -53,7 +46,7 @@ def test_sync_transcription_returns_the_spoken_words(alice, jfk):
 def test_sync_run_records_its_events(alice, jfk):
     from django_eventstream.models import Event
 
-    response = alice.client.post("/api/transcribe", {"file": upload(jfk)}, format="multipart")
+    response = post_audio(alice.client, jfk)
 
     run_id = response.json()["runId"]
     stored = list(Event.objects.filter(channel=f"run-{run_id}").exclude(eid=0).order_by("eid"))
@@ -63,9 +56,7 @@ def test_sync_run_records_its_events(alice, jfk):
 
 @pytest.mark.django_db
 def test_async_mode_queues_the_run_with_its_place_and_events_url(alice, jfk):
-    response = alice.client.post(
-        "/api/transcribe", {"file": upload(jfk), "mode": "async"}, format="multipart"
-    )
+    response = post_audio(alice.client, jfk, mode="async")
 
     assert response.status_code == 202
     run = response.json()
@@ -83,7 +74,7 @@ def test_async_mode_queues_the_run_with_its_place_and_events_url(alice, jfk):
 def test_files_above_the_sync_limits_are_queued(alice, jfk, settings):
     settings.TRANSCRIBE_SYNC_MAX_DURATION_MS = 5000
 
-    response = alice.client.post("/api/transcribe", {"file": upload(jfk)}, format="multipart")
+    response = post_audio(alice.client, jfk)
 
     assert response.status_code == 202
     assert response.json()["status"] == "queued"
@@ -93,9 +84,7 @@ def test_files_above_the_sync_limits_are_queued(alice, jfk, settings):
 def test_forcing_sync_above_the_limits_is_refused(alice, jfk, settings):
     settings.TRANSCRIBE_SYNC_MAX_BYTES = 1000
 
-    response = alice.client.post(
-        "/api/transcribe", {"file": upload(jfk), "mode": "sync"}, format="multipart"
-    )
+    response = post_audio(alice.client, jfk, mode="sync")
 
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "sync_limits_exceeded"
@@ -108,7 +97,7 @@ def test_text_renamed_mp3_is_refused_and_leaves_nothing(alice, tmp_path):
     fake = tmp_path / "notes.mp3"
     fake.write_text("These are meeting notes, not audio. " * 50)
 
-    response = alice.client.post("/api/transcribe", {"file": upload(fake)}, format="multipart")
+    response = post_audio(alice.client, fake)
 
     assert response.status_code == 415
     assert response.json()["error"]["code"] == "not_audio"
@@ -122,7 +111,7 @@ def test_empty_file_is_refused_and_leaves_nothing(alice, tmp_path):
     empty = tmp_path / "empty.wav"
     empty.write_bytes(b"")
 
-    response = alice.client.post("/api/transcribe", {"file": upload(empty)}, format="multipart")
+    response = post_audio(alice.client, empty)
 
     assert response.status_code == 400
     assert response.json() == {
@@ -142,9 +131,7 @@ def test_missing_file_field_names_the_field(alice):
 
 @pytest.mark.django_db
 def test_unknown_model_is_refused_naming_the_field(alice, jfk):
-    response = alice.client.post(
-        "/api/transcribe", {"file": upload(jfk), "model": "large-v3"}, format="multipart"
-    )
+    response = post_audio(alice.client, jfk, model="large-v3")
 
     assert response.status_code == 400
     assert response.json()["error"]["field"] == "model"
@@ -153,18 +140,8 @@ def test_unknown_model_is_refused_naming_the_field(alice, jfk):
 
 @pytest.mark.django_db
 def test_idempotency_key_returns_the_first_run(alice, jfk):
-    first = alice.client.post(
-        "/api/transcribe",
-        {"file": upload(jfk), "mode": "async"},
-        format="multipart",
-        HTTP_IDEMPOTENCY_KEY="upload-42",
-    )
-    again = alice.client.post(
-        "/api/transcribe",
-        {"file": upload(jfk), "mode": "async"},
-        format="multipart",
-        HTTP_IDEMPOTENCY_KEY="upload-42",
-    )
+    first = post_audio(alice.client, jfk, mode="async", headers={"Idempotency-Key": "upload-42"})
+    again = post_audio(alice.client, jfk, mode="async", headers={"Idempotency-Key": "upload-42"})
 
     assert first.status_code == 202
     assert again.status_code == 200
@@ -177,9 +154,7 @@ def test_idempotency_key_returns_the_first_run(alice, jfk):
 def test_hostile_filename_is_stored_under_a_uuid_and_shown_sanitized(alice, jfk):
     name = "../../\u202eevil\x07.flac"
 
-    response = alice.client.post(
-        "/api/transcribe", {"file": upload(jfk, name=name), "mode": "async"}, format="multipart"
-    )
+    response = post_audio(alice.client, jfk, name, mode="async")
 
     assert response.status_code == 202
     audio = Audio.objects.get()

@@ -19,7 +19,6 @@ from typing import Any
 
 import httpx
 import pytest
-from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
@@ -29,9 +28,9 @@ from tests.conftest import (
     JFK,
     ROOT,
     Account,
-    Processes,
+    Service,
     long_speech,
-    make_account,
+    queued_run,
     wait_until,
 )
 from transcription.models import Audio
@@ -58,14 +57,8 @@ JFK_WORDS = re.compile(r"ask not what your country can do for you", re.IGNORECAS
 
 
 @pytest.fixture
-def alices_run(alice, jfk) -> str:  # type: ignore[no-untyped-def]
-    response = alice.client.post(
-        "/api/transcribe",
-        {"file": SimpleUploadedFile("jfk.flac", jfk.read_bytes()), "mode": "async"},
-        format="multipart",
-    )
-    assert response.status_code == 202, response.content
-    return str(response.json()["runId"])
+def alices_run(alice) -> str:  # type: ignore[no-untyped-def]
+    return str(queued_run(alice.client)["runId"])
 
 
 def logged_in(account: Account) -> Client:
@@ -171,19 +164,19 @@ def collected_static(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @dataclass
 class UI:
-    base: str
-    account: Account
-    processes: Processes
+    """A browser page on the service, and the service's API beside it to check what it shows."""
+
+    service: Service
     page: Any
     name: str
     errors: list[str] = field(default_factory=list)
     allowed: list[re.Pattern[str]] = field(default_factory=list)
 
     def url(self, path: str) -> str:
-        return self.base + path
+        return self.service.web_url + path
 
     def login(self) -> None:
-        username = self.account.user.get_username()  # type: ignore[attr-defined]
+        username = self.service.account.user.get_username()  # type: ignore[attr-defined]
         self.page.goto(self.url("/"))
         self.page.get_by_label("Username").fill(username)
         self.page.get_by_label("Password").fill(f"{username}-password-1")
@@ -195,18 +188,6 @@ class UI:
         scripts: elements are visible before the scripts at the end of the page are."""
         target.click()
         self.page.wait_for_url(re.compile(re.escape(self.url(path)) + r"$"), wait_until="load")
-
-    def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {self.account.token}"}
-        return httpx.request(method, self.url(path), headers=headers, timeout=30, **kwargs)
-
-    def submit(self, path: Path) -> dict[str, Any]:
-        with path.open("rb") as handle:
-            response = self.api(
-                "POST", "/api/transcribe", files={"file": handle}, data={"mode": "async"}
-            )
-        assert response.status_code == 202, response.text
-        return dict(response.json())
 
     def allow_console_error(self, pattern: str) -> None:
         self.allowed.append(re.compile(pattern))
@@ -238,12 +219,14 @@ def web_env() -> dict[str, str]:
 
 
 @pytest.fixture
-def ui(processes, collected_static, web_env, request) -> Iterator[UI]:  # type: ignore[no-untyped-def]
+def ui(service, collected_static, web_env, request) -> Iterator[UI]:  # type: ignore[no-untyped-def]
+    """The service (its account made before the browser: see the module docstring) and a
+    browser page on it."""
     from playwright.sync_api import sync_playwright
 
-    account = make_account("alice")  # before the browser: see the module docstring
-    (processes.data_dir / "staticfiles").symlink_to(collected_static, target_is_directory=True)
-    base = processes.web(**web_env)
+    data_dir = service.processes.data_dir
+    (data_dir / "staticfiles").symlink_to(collected_static, target_is_directory=True)
+    service.start_web(**web_env)
 
     playwright = sync_playwright().start()
     try:
@@ -253,7 +236,7 @@ def ui(processes, collected_static, web_env, request) -> Iterator[UI]:  # type: 
         context = browser.new_context(viewport={"width": 1200, "height": 860})
         context.set_default_timeout(15_000)
         page = context.new_page()
-        state = UI(base, account, processes, page, request.node.name)
+        state = UI(service, page, request.node.name)
         page.on("console", lambda m: m.type == "error" and state.errors.append(m.text))
         page.on("pageerror", lambda exc: state.errors.append(f"uncaught: {exc}"))
         yield state
@@ -302,7 +285,7 @@ def test_upload_shows_upload_queue_and_live_progress_then_the_transcript(ui, tmp
     expect(lecture.locator(".upload-detail")).to_contain_text("2nd in line")
     ui.shot("queued")
 
-    ui.processes.worker()
+    ui.service.worker()
 
     expect(jfk.locator(".bar")).to_have_attribute("aria-valuenow", "100", timeout=120_000)
     expect(jfk.locator(".badge")).to_have_text("Done", timeout=30_000)
@@ -377,9 +360,9 @@ def test_a_failed_run_shows_its_error_and_can_be_retried(ui):
     from playwright.sync_api import expect
 
     page = ui.page
-    run = ui.submit(JFK)
+    run = ui.service.submit(JFK)
     # The stored audio disappears before a worker gets to it: a failure no retry can fix.
-    (stored,) = (ui.processes.data_dir / "uploads").iterdir()
+    (stored,) = (ui.service.processes.data_dir / "uploads").iterdir()
     stored.unlink()
     ui.allow_console_error(r"status of 404")  # the player asks for the missing audio
     ui.login()
@@ -387,7 +370,7 @@ def test_a_failed_run_shows_its_error_and_can_be_retried(ui):
     expect(page.locator("#run-badge")).to_have_text("Queued")
     expect(page.get_by_text("The audio cannot be played here.")).to_be_visible()
 
-    ui.processes.worker()
+    ui.service.worker()
 
     expect(page.locator("#run-badge")).to_have_text("Failed", timeout=60_000)
     expect(page.locator("#run-error")).to_have_text("The audio file is no longer stored.")
@@ -400,8 +383,8 @@ def test_a_failed_run_shows_its_error_and_can_be_retried(ui):
     # may never show the queued state): the page follows the retried run live.
     wait_until(
         lambda: (
-            len(ui.api("GET", f"/api/runs/{run['runId']}").json()["jobs"]) == 2
-            and ui.api("GET", f"/api/runs/{run['runId']}").json()["status"] == "failed"
+            len(ui.service.api("GET", f"/api/runs/{run['runId']}").json()["jobs"]) == 2
+            and ui.service.api("GET", f"/api/runs/{run['runId']}").json()["status"] == "failed"
         ),
         60,
         "the retried run to fail again",
@@ -419,14 +402,14 @@ def test_transcript_page_grows_live_and_catches_up_after_the_server_restarts(
     from playwright.sync_api import expect
 
     page = ui.page
-    run = ui.submit(long_speech(tmp_path / "interview.wav", repeats=8))
+    run = ui.service.submit(long_speech(tmp_path / "interview.wav", repeats=8))
     ui.login()
     page.goto(ui.url(f"/runs/{run['runId']}/"))
     ui.mark_page()
     expect(page.locator("#run-badge")).to_have_text("Queued")
     expect(page.locator("#run-detail")).to_contain_text("1st in line")
 
-    ui.processes.worker()
+    ui.service.worker()
     # Segments appear while the run is still being transcribed.
     page.wait_for_function(
         """() => document.querySelectorAll(".segment").length > 0
@@ -439,17 +422,17 @@ def test_transcript_page_grows_live_and_catches_up_after_the_server_restarts(
     # The web server goes away mid-run; the worker carries on and finishes without it. A
     # second server, started first so that it cannot take the first one's port, answers the
     # API meanwhile.
-    web_process = ui.processes.started[0][0]
-    port = int(ui.base.rsplit(":", 1)[1])
-    helper = ui.processes.web()
+    web_process = ui.service.processes.started[0][0]
+    port = int(ui.service.web_url.rsplit(":", 1)[1])
+    helper = ui.service.processes.web()
     ui.allow_console_error(r"ERR_CONNECTION_REFUSED|ERR_EMPTY_RESPONSE|ERR_INCOMPLETE_CHUNKED")
-    ui.processes.stop(web_process)
+    ui.service.processes.stop(web_process)
     expect(page.locator("#connection")).to_contain_text("reconnecting", timeout=30_000)
-    final = wait_for_run(helper, ui.account.token, run["runId"], "succeeded")
+    final = wait_for_run(helper, ui.service.account.token, run["runId"], "succeeded")
 
     # Back on the same address: the page reconnects with Last-Event-ID and catches up.
     monkeypatch.setattr(conftest, "free_port", lambda: port)
-    ui.processes.web()
+    ui.service.processes.web()
     expect(page.locator("#run-badge")).to_have_text("Done", timeout=60_000)
     expect(page.locator("#connection")).to_be_hidden()
     expect(page.locator("#downloads")).to_be_visible()
@@ -487,7 +470,7 @@ def test_cancel_a_queued_run_from_the_page_and_retry_it(ui):
     expect(item.locator(".badge")).to_have_text("Cancelled")
     expect(item.get_by_role("button", name="Cancel jfk.flac")).to_be_hidden()
     run_id = item.get_by_role("link").get_attribute("href").split("/")[2]
-    assert ui.api("GET", f"/api/runs/{run_id}").json()["status"] == "cancelled"
+    assert ui.service.api("GET", f"/api/runs/{run_id}").json()["status"] == "cancelled"
     ui.shot("upload-cancelled")
 
     # The transcript page offers a retry, which queues it again; cancel it there too.
@@ -496,10 +479,10 @@ def test_cancel_a_queued_run_from_the_page_and_retry_it(ui):
     page.get_by_role("button", name="Retry").click()
     expect(page.locator("#run-badge")).to_have_text("Queued")
     expect(page.locator("#run-detail")).to_contain_text("1st in line")
-    assert ui.api("GET", f"/api/runs/{run_id}").json()["status"] == "queued"
+    assert ui.service.api("GET", f"/api/runs/{run_id}").json()["status"] == "queued"
     page.get_by_role("button", name="Cancel").click()
     expect(page.locator("#run-badge")).to_have_text("Cancelled")
-    assert ui.api("GET", f"/api/runs/{run_id}").json()["status"] == "cancelled"
+    assert ui.service.api("GET", f"/api/runs/{run_id}").json()["status"] == "cancelled"
     ui.shot("run-cancelled")
     ui.assert_no_console_errors()
 
@@ -532,7 +515,7 @@ def test_files_that_cannot_be_transcribed_show_why_next_to_them(ui):
     expect(error).to_contain_text("not audio that LingoLoop can read", timeout=30_000)
     expect(notes.locator(".badge")).to_have_text("Not uploaded")
     expect(notes.locator(".bar")).to_be_hidden()
-    assert ui.api("GET", "/api/runs").json()["count"] == 0
+    assert ui.service.api("GET", "/api/runs").json()["count"] == 0
     ui.shot("errors")
     ui.assert_no_console_errors()
 
@@ -548,14 +531,14 @@ def test_runs_page_shows_new_and_finished_runs_without_a_reload(ui):
     expect(page.get_by_text("No runs yet.")).to_be_visible()
     ui.mark_page()
 
-    run = ui.submit(JFK)
+    run = ui.service.submit(JFK)
     row = page.locator(f'tr[data-run-id="{run["runId"]}"]')
     expect(row.locator(".badge")).to_have_text("Queued", timeout=15_000)
     expect(row).to_contain_text("jfk.flac")
     expect(row).to_contain_text("0:11")
     expect(page.get_by_text("No runs yet.")).to_be_hidden()
 
-    assert ui.api("POST", f"/api/runs/{run['runId']}/cancel").status_code == 200
+    assert ui.service.api("POST", f"/api/runs/{run['runId']}/cancel").status_code == 200
     expect(row.locator(".badge")).to_have_text("Cancelled", timeout=15_000)
     ui.assert_not_reloaded()
     ui.shot("runs")
@@ -589,17 +572,17 @@ def test_log_in_see_and_regenerate_the_token_and_log_out(ui):
     expect(token_field).to_have_attribute("type", "password")
     page.get_by_role("button", name="Show").click()
     expect(token_field).to_have_attribute("type", "text")
-    expect(token_field).to_have_value(ui.account.token)
+    expect(token_field).to_have_value(ui.service.account.token)
     ui.shot("token")
 
     page.once("dialog", lambda dialog: dialog.accept())
     page.get_by_role("button", name="Regenerate token").click()
     expect(page.get_by_text("A new token was created")).to_be_visible()
     new_token = page.get_by_label("API token", exact=True).input_value()
-    assert new_token and new_token != ui.account.token
-    assert ui.api("GET", "/api/runs").status_code == 401
-    ui.account.token = new_token
-    assert ui.api("GET", "/api/runs").status_code == 200
+    assert new_token and new_token != ui.service.account.token
+    assert ui.service.api("GET", "/api/runs").status_code == 401
+    ui.service.account.token = new_token
+    assert ui.service.api("GET", "/api/runs").status_code == 200
 
     page.get_by_role("button", name="Log out").click()
     expect(page.get_by_role("heading", name="Log in")).to_be_visible()

@@ -22,24 +22,11 @@ from tests.conftest import (
     flac_speech,
     free_port,
     long_speech,
-    make_account,
-    wait_until,
     words,
 )
 from transcription.models import Audio, RunStatus, TranscriptRun
 
 pytestmark = pytest.mark.slow
-
-
-def upload(base: str, token: str, path: Path, **fields: str) -> httpx.Response:
-    with path.open("rb") as handle:
-        return httpx.post(
-            f"{base}/api/transcribe",
-            headers={"Authorization": f"Bearer {token}"},
-            files={"file": (path.name, handle)},
-            data=fields,
-            timeout=120,
-        )
 
 
 def assert_nothing_left(data_dir: Path) -> None:
@@ -66,13 +53,12 @@ def assert_api_error(response: httpx.Response, status: int, code: str | None = N
 
 
 def test_1_a_flac_whose_header_says_10_s_but_holds_3_min_is_queued_not_run_in_the_request(
-    processes, tmp_path
+    service, tmp_path
 ):
-    account = make_account("alice")
-    base = processes.web()
+    service.start_web()
     liar = flac_speech(tmp_path / "short.flac", repeats=15, claimed_seconds=10)  # 180 s
 
-    response = upload(base, account.token, liar)
+    response = service.post(liar)
 
     assert response.status_code == 202, response.text
     run = response.json()
@@ -80,50 +66,37 @@ def test_1_a_flac_whose_header_says_10_s_but_holds_3_min_is_queued_not_run_in_th
     assert run["audio"]["durationMs"] == 180_000
 
 
-def test_1_a_header_cannot_smuggle_audio_past_the_duration_limit(processes, tmp_path):
-    account = make_account("alice")
-    base = processes.web(MAX_AUDIO_DURATION_MS="120000")
+def test_1_a_header_cannot_smuggle_audio_past_the_duration_limit(service, tmp_path):
+    service.start_web(MAX_AUDIO_DURATION_MS="120000")
     liar = flac_speech(tmp_path / "short.flac", repeats=15, claimed_seconds=10)
 
-    response = upload(base, account.token, liar, mode="async")
+    response = service.post(liar, mode="async")
 
     assert_api_error(response, 422, "audio_too_long")
-    assert_nothing_left(processes.data_dir)
+    assert_nothing_left(service.processes.data_dir)
 
 
-def test_1_the_worker_stops_at_the_limit_whatever_the_probe_measured(processes, tmp_path):
+def test_1_the_worker_stops_at_the_limit_whatever_the_probe_measured(service, tmp_path):
     """Decoding counts samples too: a file that decodes to more than the limit fails its run
     as soon as the limit is passed (here the limit is lowered after the upload)."""
-    account = make_account("alice")
-    base = processes.web()
-    run = upload(base, account.token, long_speech(tmp_path / "two.wav", repeats=15)).json()
-    processes.worker(MAX_AUDIO_DURATION_MS="60000")
+    service.start_web()
+    run = service.submit(long_speech(tmp_path / "two.wav", repeats=15))
+    service.worker(MAX_AUDIO_DURATION_MS="60000")
 
-    wait_until(
-        lambda: TranscriptRun.objects.get(pk=run["runId"]).status == RunStatus.FAILED,
-        120,
-        "the run to fail",
-    )
-    stored = TranscriptRun.objects.get(pk=run["runId"])
+    stored = service.wait_for_status(run["runId"], RunStatus.FAILED)
     assert stored.error_code == "audio_too_long"
     assert Job.objects.get(run_id=run["runId"]).attempts == 1  # no retry can fix it
 
 
-def test_1_long_audio_is_transcribed_whole_across_the_engine_windows(processes, tmp_path):
+def test_1_long_audio_is_transcribed_whole_across_the_engine_windows(service, tmp_path):
     """Windows of bounded length (transcription/engine.py), and nothing lost between them."""
-    account = make_account("alice")
-    base = processes.web()
-    processes.worker()
+    service.start_web()
+    service.worker()
     speech = flac_speech(tmp_path / "talk.flac", repeats=24)  # 288 s: three windows
 
-    run = upload(base, account.token, speech).json()
-    wait_until(
-        lambda: TranscriptRun.objects.get(pk=run["runId"]).status == RunStatus.SUCCEEDED,
-        600,
-        "the long run to succeed",
-    )
+    run = service.submit(speech)
+    stored = service.wait_for_status(run["runId"], RunStatus.SUCCEEDED, timeout=600)
 
-    stored = TranscriptRun.objects.get(pk=run["runId"])
     segments = stored.segments
     assert [segment["id"] for segment in segments] == list(range(len(segments)))
     # Nothing lost at a window's edge: the speech is continuous but for a second of silence
@@ -151,16 +124,13 @@ def test_1_long_audio_is_transcribed_whole_across_the_engine_windows(processes, 
     ids=["active-runs", "uploads-per-minute"],
 )
 def test_2_fifty_parallel_uploads_from_one_user_get_at_most_the_limit(
-    processes, tmp_path, limits, allowed, code
+    service, tmp_path, limits, allowed, code
 ):
-    account = make_account("alice")
-    base = processes.web(**limits)  # no worker: every accepted run stays queued
+    service.start_web(**limits)  # no worker: every accepted run stays queued
     audio = long_speech(tmp_path / "one.wav", repeats=1)
 
     with ThreadPoolExecutor(max_workers=50) as pool:
-        answers = list(
-            pool.map(lambda _: upload(base, account.token, audio, mode="async"), range(50))
-        )
+        answers = list(pool.map(lambda _: service.post(audio, mode="async"), range(50)))
 
     statuses = sorted(answer.status_code for answer in answers)
     assert statuses.count(202) == allowed, statuses
@@ -170,17 +140,16 @@ def test_2_fifty_parallel_uploads_from_one_user_get_at_most_the_limit(
         assert_api_error(answer, 429, code)
         assert int(answer.headers["Retry-After"]) > 0
     assert TranscriptRun.objects.count() == allowed
-    assert len(list((processes.data_dir / "uploads").iterdir())) == allowed
+    assert len(list((service.processes.data_dir / "uploads").iterdir())) == allowed
 
 
 # --- 3. No debug page, ever; every error under /api/ in the API's shape ----------------------
 
 
 @pytest.mark.parametrize("debug", [None, "1"], ids=["debug-default", "debug-on"])
-def test_3_requests_that_broke_django_get_the_api_error_shape(processes, debug):
-    account = make_account("alice")
-    base = processes.web(**({"DEBUG": debug} if debug else {}))
-    auth = {"Authorization": f"Bearer {account.token}"}
+def test_3_requests_that_broke_django_get_the_api_error_shape(service, debug):
+    base = service.start_web(**({"DEBUG": debug} if debug else {}))
+    auth = {"Authorization": f"Bearer {service.account.token}"}
     big_field = {"username": "x" * (3 * 1024 * 1024), "password": "y"}
     many_fields = {f"f{i}": "v" for i in range(5000)}
     huge_form = {"username": "alice", "password": "x", "pad": ["p"] * 5000}
@@ -203,15 +172,14 @@ def test_3_requests_that_broke_django_get_the_api_error_shape(processes, debug):
     assert_api_error(transcribe, 400, "too_many_fields")
     assert_api_error(httpx.get(f"{base}/api/no/such/thing", timeout=10), 404, "not_found")
     assert_api_error(httpx.put(f"{base}/api/health", timeout=10), 405)
-    assert_nothing_left(processes.data_dir)
+    assert_nothing_left(service.processes.data_dir)
 
 
 # --- 4. Logins are throttled on every door --------------------------------------------------
 
 
-def test_4_wrong_passwords_on_every_door_end_in_429_with_retry_after(processes):
-    make_account("alice")
-    base = processes.web(LOGIN_FAILURE_LIMIT="5")
+def test_4_wrong_passwords_on_every_door_end_in_429_with_retry_after(service):
+    base = service.start_web(LOGIN_FAILURE_LIMIT="5")
 
     api = [
         httpx.post(f"{base}/api/auth/token", json={"username": "alice", "password": "no"})
@@ -239,29 +207,18 @@ def test_4_wrong_passwords_on_every_door_end_in_429_with_retry_after(processes):
 # --- 5. A dead Redis breaks nothing ---------------------------------------------------------
 
 
-def test_5_uploads_and_events_work_with_redis_down(processes, tmp_path):
+def test_5_uploads_and_events_work_with_redis_down(service):
     closed_port = free_port()  # nothing listens here
-    account = make_account("alice")
     env = {"REDIS_URL": f"redis://127.0.0.1:{closed_port}/0"}
-    base = processes.web(**env)
-    processes.worker(**env)
+    service.start_web(**env)
+    service.worker(**env)
 
-    response = upload(base, account.token, JFK, mode="async")
-    assert response.status_code == 202, response.text
-    run = response.json()
-    progress = httpx.get(
-        f"{base}/api/runs/{run['runId']}/progress",
-        headers={"Authorization": f"Bearer {account.token}"},
-        timeout=10,
-    )
+    run = service.submit(JFK)
+    progress = service.api("GET", f"/api/runs/{run['runId']}/progress")
     assert progress.status_code == 200
 
-    wait_until(
-        lambda: TranscriptRun.objects.get(pk=run["runId"]).status == RunStatus.SUCCEEDED,
-        120,
-        "the run to succeed without Redis",
-    )
-    sync = upload(base, account.token, JFK, mode="sync")
+    service.wait_for_status(run["runId"], RunStatus.SUCCEEDED)
+    sync = service.post(JFK, mode="sync")
     assert sync.status_code == 201, sync.text
     assert "ask not what your country" in " ".join(words(sync.json()["text"]))
 
@@ -308,23 +265,22 @@ def playlists(port: int) -> dict[str, str]:
 
 
 def test_6_playlists_naming_local_files_or_loopback_urls_are_415_and_read_nothing(
-    processes, tmp_path, counting_listener
+    service, tmp_path, counting_listener
 ):
     port, hits = counting_listener
-    account = make_account("alice")
-    base = processes.web()
-    processes.worker()
+    service.start_web()
+    service.worker()
 
     for name, text in playlists(port).items():
         path = tmp_path / name
         path.write_text(text)
         for mode in ("async", "sync"):
-            response = upload(base, account.token, path, mode=mode)
+            response = service.post(path, mode=mode)
             assert_api_error(response, 415, "not_audio")
             assert str(JFK.parent) not in response.text, name
 
     assert hits == []
-    assert_nothing_left(processes.data_dir)
+    assert_nothing_left(service.processes.data_dir)
 
 
 # --- 7. Text that FFmpeg takes for some other format ---------------------------------------
@@ -341,14 +297,13 @@ def test_6_playlists_naming_local_files_or_loopback_urls_are_415_and_read_nothin
     ],
     ids=["html", "svg", "srt", "ass", "ansi"],
 )
-def test_7_markup_renamed_flac_is_415_not_500(processes, tmp_path, content):
-    account = make_account("alice")
-    base = processes.web()
+def test_7_markup_renamed_flac_is_415_not_500(service, tmp_path, content):
+    service.start_web()
     path = tmp_path / "speech.flac"
     path.write_bytes(content)
 
-    assert_api_error(upload(base, account.token, path, mode="async"), 415, "not_audio")
-    assert_nothing_left(processes.data_dir)
+    assert_api_error(service.post(path, mode="async"), 415, "not_audio")
+    assert_nothing_left(service.processes.data_dir)
 
 
 # --- 8. callbackUrl may not point inside the network ---------------------------------------
@@ -376,31 +331,28 @@ INTERNAL = [
 ]
 
 
-def test_8_callback_urls_inside_the_network_are_refused(processes, settings):
-    account = make_account("alice")
-    base = processes.web()
+def test_8_callback_urls_inside_the_network_are_refused(service):
+    service.start_web()
 
     for url in INTERNAL:
-        response = upload(base, account.token, JFK, mode="async", callbackUrl=url)
+        response = service.post(JFK, mode="async", callbackUrl=url)
         assert_api_error(response, 400, "unsafe_callback_url")
         assert response.json()["error"]["field"] == "callbackUrl", url
-    assert_nothing_left(processes.data_dir)
+    assert_nothing_left(service.processes.data_dir)
 
 
-def test_8_an_operator_may_allow_an_internal_callback_host(processes):
-    account = make_account("alice")
-    base = processes.web(CALLBACK_ALLOWED_HOSTS="hooks.internal,10.0.0.7")
+def test_8_an_operator_may_allow_an_internal_callback_host(service):
+    service.start_web(CALLBACK_ALLOWED_HOSTS="hooks.internal,10.0.0.7")
 
     for url in ("http://hooks.internal/done", "http://10.0.0.7:8080/done"):
-        response = upload(base, account.token, JFK, mode="async", callbackUrl=url)
+        response = service.post(JFK, mode="async", callbackUrl=url)
         assert response.status_code == 202, response.text
         assert TranscriptRun.objects.get(pk=response.json()["runId"]).callback_url == url
 
 
-def test_8_a_public_callback_url_is_accepted(processes):
-    account = make_account("alice")
-    base = processes.web()
+def test_8_a_public_callback_url_is_accepted(service):
+    service.start_web()
 
-    response = upload(base, account.token, JFK, mode="async", callbackUrl="https://8.8.8.8/hook")
+    response = service.post(JFK, mode="async", callbackUrl="https://8.8.8.8/hook")
 
     assert response.status_code == 202, response.text

@@ -13,7 +13,8 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.text import Truncator
 
-from lingoloop.errors import ApiError
+from lingoloop.admin import ReadOnlyModelAdmin
+from lingoloop.refusals import Refused
 from tasks_admin.admin import format_duration_ms
 from tasks_admin.models import Job
 from transcription.models import Audio, TranscriptRun
@@ -21,7 +22,10 @@ from transcription.services import run_cancel, run_retry
 
 
 @admin.register(Audio)
-class AudioAdmin(admin.ModelAdmin):
+class AudioAdmin(ReadOnlyModelAdmin):
+    """Uploads, for reading. Deleting one here would cascade to runs that may be processing
+    and leave its file behind; DELETE /api/runs/{id} removes a finished run with its audio."""
+
     list_display = [
         "original_filename",
         "short_id",
@@ -41,18 +45,6 @@ class AudioAdmin(admin.ModelAdmin):
     list_select_related = ["owner"]
     ordering = ["-created_at"]
     date_hierarchy = "created_at"
-
-    # Uploads are made through the API; the admin is for reading them.
-    def has_change_permission(self, request: HttpRequest, obj: Audio | None = None) -> bool:
-        return obj is None and super().has_change_permission(request)
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    # Deleting here would cascade to runs that may be processing and leave the stored file
-    # behind; DELETE /api/runs/{id} removes a finished run with its audio and file.
-    def has_delete_permission(self, request: HttpRequest, obj: Audio | None = None) -> bool:
-        return False
 
     @admin.display(description="id")
     def short_id(self, audio: Audio) -> str:
@@ -94,7 +86,10 @@ class JobInline(admin.TabularInline):
 
 
 @admin.register(TranscriptRun)
-class TranscriptRunAdmin(admin.ModelAdmin):
+class TranscriptRunAdmin(ReadOnlyModelAdmin):
+    """Runs change through the API and the actions below. A plain row delete would neither
+    refuse an active run nor remove the stored file, as the API's delete does."""
+
     list_display = [
         "short_id",
         "status",
@@ -120,18 +115,6 @@ class TranscriptRunAdmin(admin.ModelAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet[TranscriptRun]:
         # The attempts and last-error columns read the run's jobs: one more query per page.
         return super().get_queryset(request).prefetch_related("jobs")
-
-    # Runs change through the API and the actions below, never by editing fields.
-    def has_change_permission(self, request: HttpRequest, obj: TranscriptRun | None = None) -> bool:
-        return obj is None and super().has_change_permission(request)
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    # The API's delete refuses active runs and removes the stored file; a plain row delete
-    # would do neither.
-    def has_delete_permission(self, request: HttpRequest, obj: TranscriptRun | None = None) -> bool:
-        return False
 
     @admin.display(description="run", ordering="created_at")
     def short_id(self, run: TranscriptRun) -> str:
@@ -186,7 +169,7 @@ def _each_run(
     for run in queryset:
         try:
             service(run=run)
-        except ApiError as exc:
+        except Refused as exc:
             messages.error(request, f"Run {run.id}: {exc.message}")
         else:
             done += 1

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from django.contrib.auth import authenticate
 from django.db.models import QuerySet
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_view,
+)
 from rest_framework import status
 from rest_framework.authtoken.models import Token
 from rest_framework.negotiation import DefaultContentNegotiation
@@ -25,24 +30,29 @@ from lingoloop.login_throttle import record_api_login, too_many_attempts
 from lingoloop.openapi import error_responses
 from lingoloop.pagination import BoundedLimitOffsetPagination
 from transcription import services
-from transcription.events import progress_object, run_representation
 from transcription.exports import CONTENT_TYPES, RENDERERS
 from transcription.models import RunStatus, TranscriptRun
-from transcription.schema import (
+from transcription.representations import (
     ProgressSerializer,
     RunPageSerializer,
     RunSerializer,
-    SubmitRequestSerializer,
     TokenAnswerSerializer,
     TranscriptJsonSerializer,
+    progress_object,
+    run_context,
+    run_object,
+    with_relations,
 )
-from transcription.serializers import SubmitSerializer, TokenRequestSerializer
-from transcription.tokens import events_token_for
+from transcription.serializers import (
+    SubmitRequestSerializer,
+    SubmitSerializer,
+    TokenRequestSerializer,
+)
 
 
 def runs_visible_to(request: Request) -> QuerySet[TranscriptRun]:
     """Every lookup goes through here: someone else's run is simply not found (404)."""
-    runs = TranscriptRun.objects.select_related("audio").prefetch_related("jobs")
+    runs = with_relations(TranscriptRun.objects.all())
     return runs if request.user.is_staff else runs.filter(owner_id=request.user.pk)
 
 
@@ -110,7 +120,7 @@ class TokenView(APIView):
             )
         record_api_login(request, user.get_username())
         token, _ = Token.objects.get_or_create(user=user)
-        return Response({"token": token.key})
+        return Response(TokenAnswerSerializer(token).data)
 
 
 class TranscribeView(APIView):
@@ -181,7 +191,7 @@ class TranscribeView(APIView):
         run = get_run(request, run.pk)
         answer = status_for(run, created)
         headers = {"Location": f"/api/runs/{run.pk}"} if answer == status.HTTP_202_ACCEPTED else {}
-        return Response(run_representation(run), status=answer, headers=headers)
+        return Response(run_object(run), status=answer, headers=headers)
 
 
 def status_for(run: TranscriptRun, created: bool) -> int:
@@ -218,11 +228,13 @@ class RunListView(APIView):
             runs = runs.filter(status=wanted)
         paginator = BoundedLimitOffsetPagination()
         page = paginator.paginate_queryset(runs, request, view=self) or []
-        # One events token per owner, not per run: each costs a look-up of the API token.
-        tokens = {owner: events_token_for(owner) for owner in {run.owner_id for run in page}}
-        return paginator.get_paginated_response(
-            [run_representation(run, events_token=tokens[run.owner_id]) for run in page]
-        )
+        answer = {
+            "count": paginator.count,
+            "next": paginator.get_next_link(),
+            "previous": paginator.get_previous_link(),
+            "results": page,
+        }
+        return Response(RunPageSerializer(answer, context=run_context(page)).data)
 
 
 class RunDetailView(APIView):
@@ -232,7 +244,7 @@ class RunDetailView(APIView):
         responses={200: RunSerializer, **error_responses(401, 404)},
     )
     def get(self, request: Request, run_id: uuid.UUID) -> Response:
-        return Response(run_representation(get_run(request, run_id)))
+        return Response(run_object(get_run(request, run_id)))
 
     @extend_schema(
         operation_id="deleteRun",
@@ -259,42 +271,49 @@ class RunProgressView(APIView):
         return Response(progress_object(get_run(request, run_id)))
 
 
-class RunCancelView(APIView):
-    @extend_schema(
-        operation_id="cancelRun",
-        tags=["runs"],
-        description="Queued: cancelled at once. Processing: stops at the next segment.",
-        request=None,
-        responses={
-            200: RunSerializer,
-            **error_responses(401, 403, 404, 409, e409="The run has already finished."),
-        },
-    )
+class RunActionView(APIView):
+    """POST: one service applied to the run (`action`); the answer is the run after it, with
+    status `answer`, or a 409 when the run's state does not allow it (`conflict` says when)."""
+
+    action: Callable[..., TranscriptRun]
+    answer: int = status.HTTP_200_OK
+    operation_id: str
+    conflict: str
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        schema = extend_schema(
+            operation_id=cls.operation_id,
+            tags=["runs"],
+            description=cls.__doc__,
+            request=None,
+            responses={
+                cls.answer: RunSerializer,
+                **error_responses(401, 403, 404, 409, e409=cls.conflict),
+            },
+        )
+        extend_schema_view(post=schema)(cls)
+
     def post(self, request: Request, run_id: uuid.UUID) -> Response:
-        run = services.run_cancel(run=get_run(request, run_id))
-        return Response(run_representation(run))
+        run = type(self).action(run=get_run(request, run_id))
+        return Response(run_object(run), status=self.answer)
 
 
-class RunRetryView(APIView):
-    @extend_schema(
-        operation_id="retryRun",
-        tags=["runs"],
-        description="A failed or cancelled run queued again, with fresh attempts.",
-        request=None,
-        responses={
-            202: RunSerializer,
-            **error_responses(
-                401,
-                403,
-                404,
-                409,
-                e409="The run is not failed or cancelled, or its audio was purged.",
-            ),
-        },
-    )
-    def post(self, request: Request, run_id: uuid.UUID) -> Response:
-        run = services.run_retry(run=get_run(request, run_id))
-        return Response(run_representation(run), status=status.HTTP_202_ACCEPTED)
+class RunCancelView(RunActionView):
+    """Queued: cancelled at once. Processing: stops at the next segment."""
+
+    action = staticmethod(services.run_cancel)
+    operation_id = "cancelRun"
+    conflict = "The run has already finished."
+
+
+class RunRetryView(RunActionView):
+    """A failed or cancelled run queued again, with fresh attempts."""
+
+    action = staticmethod(services.run_retry)
+    answer = status.HTTP_202_ACCEPTED
+    operation_id = "retryRun"
+    conflict = "The run is not failed or cancelled, or its audio was purged."
 
 
 class FormatParameterNegotiation(DefaultContentNegotiation):

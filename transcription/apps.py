@@ -6,7 +6,8 @@ class TranscriptionConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        # The queue runs jobs by type; this app brings the transcription handlers.
+        # The queue runs jobs by type; this app brings the transcription handlers, and the
+        # outbox sweep every worker cluster's loop runs (tasks_admin never imports us).
         from tasks_admin.handlers import register, register_housekeeping
         from transcription.events import deliver_stranded_events
         from transcription.jobs import (
@@ -15,9 +16,11 @@ class TranscriptionConfig(AppConfig):
             PURGE_EVERY,
             PurgeAudioHandler,
             TranscribeHandler,
+            retention_is_on,
         )
 
         register(TranscribeHandler(JOB_TYPE_ASYNC))
         register(TranscribeHandler(JOB_TYPE_SYNC))
-        register(PurgeAudioHandler(), every=PURGE_EVERY)
+        # Periodic only while retention is on: with AUDIO_RETENTION_HOURS=0 it has nothing to do.
+        register(PurgeAudioHandler(), every=PURGE_EVERY, when=retention_is_on)
         register_housekeeping(deliver_stranded_events)

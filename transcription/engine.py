@@ -20,7 +20,7 @@ import av
 import numpy as np
 from django.conf import settings
 
-from lingoloop.errors import ApiError
+from lingoloop.refusals import Refused
 from transcription.pcm import SAMPLE_RATE, AudioTooLong, Windows, pcm_chunks
 
 logger = logging.getLogger(__name__)
@@ -213,7 +213,7 @@ def transcribe(
             "(more than its file said).",
             permanent=True,
         ) from None
-    except (ApiError, av.error.FFmpegError, OSError) as exc:  # it probed, yet does not decode
+    except (Refused, av.error.FFmpegError, OSError) as exc:  # it probed, yet does not decode
         logger.warning("decoding %s failed: %s", path.name, exc)
         raise EngineError(
             "undecodable", "The audio could not be decoded.", permanent=True

@@ -1,4 +1,5 @@
-"""Run events: the progress object and how it is published.
+"""Run events: how they are published (their `data` is the progress object of
+transcription/representations.py), and the queue-position announcements.
 
 Every event goes to three django-eventstream channels: the run's own, its owner's and the
 staff-wide one. An event is written to an outbox in the transaction that makes the change it
@@ -12,24 +13,23 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
-from django.urls import reverse
 from django.utils import timezone
 
+from lingoloop.eventhub import announce, store
 from lingoloop.timefmt import iso_utc
-from tasks_admin.models import Job
 from transcription.models import (
     TERMINAL_RUN_STATUSES,
+    QueueSnapshot,
     RunEventOutbox,
     RunStatus,
     TranscriptRun,
 )
-from transcription.sse import announce, store
-from transcription.tokens import events_token_for
+from transcription.representations import progress_object, with_relations
 
 logger = logging.getLogger(__name__)
 
@@ -44,96 +44,11 @@ def user_channel(user_id: object) -> str:
     return f"user-{user_id}"
 
 
-def progress_object(run: TranscriptRun, *, queue_position: int | None = None) -> dict[str, Any]:
-    """The progress object of DESIGN.md: the `data` of every run event and `/progress`."""
-    audio = run.audio
-    jobs = sorted(run.jobs.all(), key=lambda job: job.created_at)
-    attempts = sum(job.attempts for job in jobs)
-    max_attempts = jobs[-1].max_attempts if jobs else 0
-    error = (
-        {"code": run.error_code, "message": run.error_message}
-        if run.status == RunStatus.FAILED or run.error_code
-        else None
-    )
-    return {
-        "runId": str(run.id),
-        "audioId": str(audio.id),
-        "status": run.status,
-        "mode": run.mode,
-        "progress": round(run.progress, 1),
-        "queuePosition": run.queue_position() if queue_position is None else queue_position,
-        "timeElapsed": run.elapsed_ms(),
-        "estimatedTimeRemaining": run.estimated_seconds_remaining(),
-        "attempts": attempts,
-        "maxAttempts": max_attempts,
-        "audio": {
-            "id": str(audio.id),
-            "filename": audio.original_filename,
-            "durationMs": audio.duration_ms,
-            "sizeBytes": audio.size_bytes,
-        },
-        "jobs": [
-            {
-                "id": str(job.id),
-                "jobType": job.job_type,
-                "status": job.status,
-                "attempts": job.attempts,
-                "runAfter": iso_utc(job.run_after),
-                "lastError": job.last_error or None,
-            }
-            for job in jobs
-        ],
-        "error": error,
-        "links": {
-            "self": reverse("run-detail", args=[run.id]),
-            "events": reverse("run-events", args=[run.id]),
-            "transcript": reverse("run-transcript", args=[run.id]),
-        },
-    }
-
-
-def run_representation(run: TranscriptRun, *, events_token: str | None = None) -> dict[str, Any]:
-    """A run as the API returns it: the progress object plus its options and results.
-
-    `events_token`: the owner's, when the caller made it already (one per owner on a page).
-    """
-    data = progress_object(run)
-    data.update(
-        {
-            "createdAt": iso_utc(run.created_at),
-            "startedAt": iso_utc(run.started_at),
-            "finishedAt": iso_utc(run.finished_at),
-            "options": {
-                "model": run.model,
-                "language": run.language or None,
-                "task": run.task,
-                "wordTimestamps": run.word_timestamps,
-                "vadFilter": run.vad_filter,
-                "beamSize": run.beam_size,
-                "initialPrompt": run.initial_prompt or None,
-            },
-            "priority": run.priority,
-            "callbackUrl": run.callback_url or None,
-            "eventsToken": events_token or events_token_for(run.owner_id),
-        }
-    )
-    if run.status == RunStatus.SUCCEEDED:
-        data.update(
-            {
-                "text": run.text,
-                "segments": run.segments,
-                "language": run.detected_language,
-                "languageProbability": run.language_probability,
-            }
-        )
-    return data
-
-
 def publish(
     run: TranscriptRun,
     event: str,
     *,
-    queue_position: int | None = None,
+    queue: QueueSnapshot | None = None,
     channels: tuple[str, ...] | None = None,
     **extra: Any,
 ) -> None:
@@ -142,9 +57,9 @@ def publish(
     Call it inside the transaction that makes the change it describes: the event is written
     to the outbox with the change, so it exists exactly when the change does, even if this
     process dies right after the commit. The payload is built now, from the state this
-    transaction sees.
+    transaction sees. `queue`: the queue as the caller read it already, covering `run`.
     """
-    data = progress_object(run, queue_position=queue_position)
+    data = progress_object(run, queue=queue)
     data.update(extra)
     data["event"] = event
     if channels is None:
@@ -156,6 +71,21 @@ def publish(
         data=json.dumps(data, cls=DjangoJSONEncoder),
     )
     transaction.on_commit(lambda: deliver_outbox([row.pk]))
+
+
+def publish_attempt_error(
+    run: TranscriptRun, *, attempt: int, code: str, message: str, retry_at: datetime | None
+) -> None:
+    """An attempt at `run` failed: an `error` event saying whether (`retry_at`: when) it will
+    be tried again. Call it as `publish`, inside the transaction that records the failure."""
+    publish(
+        run,
+        "error",
+        attempt=attempt,
+        willRetry=retry_at is not None,
+        retryAt=iso_utc(retry_at),
+        error={"code": code, "message": message},
+    )
 
 
 def deliver_outbox(ids: list[int] | None = None, *, older_than: timedelta | None = None) -> int:
@@ -208,30 +138,59 @@ def deliver_stranded_events() -> int:
     return deliver_outbox(older_than=timedelta(seconds=5))
 
 
-# Each move of the queue re-announces the places of this many runs at its head, on their own
-# and their owner's streams (not the staff-wide one); runs further back learn theirs as they
-# come within reach, or from GET /progress. (A soak run showed announcing 100 runs on all
-# three channels made queue positions 95% of all events.)
+# Each move of the queue re-announces the places of the runs among this many jobs at its head,
+# on their own and their owner's streams (not the staff-wide one); runs further back learn
+# theirs as they come within reach, or from GET /progress. (A soak run showed announcing 100
+# runs on all three channels made queue positions 95% of all events.)
 QUEUE_ANNOUNCE_LIMIT = 50
 
 
 def announce_queue_positions() -> None:
-    """The queue moved (a job started, was cancelled, jumped ahead): send each queued run at
-    the head of the queue an `update` with its new `queuePosition`."""
-    order = list(
-        Job.objects.waiting()
-        .in_claim_order()
-        .values_list("run_id", flat=True)[:QUEUE_ANNOUNCE_LIMIT]
-    )
-    runs = TranscriptRun.objects.select_related("audio").prefetch_related("jobs")
-    queued = runs.filter(pk__in=[r for r in order if r], status=RunStatus.QUEUED)
-    by_id = {run.pk: run for run in queued}
-    for position, run_id in enumerate(order, start=1):
-        run = by_id.get(run_id)
-        if run is not None:
-            publish(
-                run,
-                "update",
-                queue_position=position,
-                channels=(run_channel(run.id), user_channel(run.owner_id)),
-            )
+    """The queue moved (a job started, was cancelled, jumped ahead): once the current
+    transaction commits, send each queued run at the head of the queue an `update` with its
+    new `queuePosition`.
+
+    After the commit, not inside it: the pass reads and writes up to QUEUE_ANNOUNCE_LIMIT runs,
+    which must not lengthen the transaction of every job start (on SQLite, the write lock is
+    held until the commit). And once per transaction: many moves (a batch of cancels) make
+    one pass, which reads the queue as the last of them left it.
+
+    A sync run's job is in nobody's way (it is not counted in queue positions): its moves
+    need no announcing, and callers do not announce them.
+    """
+    if _announcement_pending():
+        return
+    transaction.on_commit(_announce_pass, robust=True)
+
+
+def _announcement_pending() -> bool:
+    """Whether a pass is already waiting for the current transaction's commit.
+
+    Read from the connection's own list of commit callbacks (Django's `run_on_commit`, of
+    (savepoint ids, callback, robust) since Django 4.2), not from a flag of ours: Django drops
+    the callbacks of a transaction or savepoint that rolls back, so the answer stays right
+    after a rollback, where a flag would stay set and silence every later pass
+    (tests/test_queue_announcements.py has both cases).
+    """
+    connection = transaction.get_connection()
+    return any(callback is _announce_pass for _, callback, _ in connection.run_on_commit)
+
+
+def _announce_pass() -> None:
+    """Runs after the commit; a failure is logged (robust), never raised into the request or
+    job whose transaction it follows."""
+    queue = QueueSnapshot.head(QUEUE_ANNOUNCE_LIMIT)
+    waiting = queue.in_order()
+    runs = with_relations(TranscriptRun.objects.filter(pk__in=waiting, status=RunStatus.QUEUED))
+    by_id = {run.pk: run for run in runs}
+    # Its own short transaction: the outbox rows of the whole pass, delivered on its commit.
+    with transaction.atomic():
+        for run_id in waiting:
+            run = by_id.get(run_id)
+            if run is not None:
+                publish(
+                    run,
+                    "update",
+                    queue=queue,
+                    channels=(run_channel(run.id), user_channel(run.owner_id)),
+                )

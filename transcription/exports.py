@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from transcription.models import TranscriptRun
+from transcription.representations import TranscriptJsonSerializer
 
 CONTENT_TYPES = {
     "txt": "text/plain; charset=utf-8",
@@ -57,18 +58,7 @@ def to_tsv(run: TranscriptRun) -> str:
 
 
 def to_json(run: TranscriptRun) -> str:
-    return json.dumps(
-        {
-            "runId": str(run.id),
-            "language": run.detected_language,
-            "languageProbability": run.language_probability,
-            "durationMs": run.audio.duration_ms,
-            "text": run.text,
-            "segments": run.segments,
-        },
-        ensure_ascii=False,
-        indent=2,
-    )
+    return json.dumps(TranscriptJsonSerializer(run).data, ensure_ascii=False, indent=2)
 
 
 RENDERERS = {"txt": to_txt, "srt": to_srt, "vtt": to_vtt, "tsv": to_tsv, "json": to_json}

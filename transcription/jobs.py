@@ -3,20 +3,30 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import QuerySet
+from django.db.models import QuerySet, Sum
+from django.urls import reverse
 from django.utils import timezone
 
-from tasks_admin.handlers import Attempt, Cancelled, ClaimLost, PermanentError
+from tasks_admin.handlers import (
+    Attempt,
+    BaseJobHandler,
+    Cancelled,
+    ClaimLost,
+    PermanentError,
+    Subject,
+)
 from tasks_admin.models import Job, JobStatus
 from transcription import engine
-from transcription.events import announce_queue_positions, iso_utc, publish
-from transcription.models import Audio, RunStatus, TranscriptRun
+from transcription.events import announce_queue_positions, publish, publish_attempt_error
+from transcription.models import Audio, RunMode, RunStatus, TranscriptRun
 
 JOB_TYPE_ASYNC = "transcribe_long"
 JOB_TYPE_SYNC = "transcribe_sync"
@@ -40,8 +50,8 @@ class ProgressWriter:
         self.last_flush = time.monotonic()
 
     def segment(self, item: dict[str, Any], progress: float) -> None:
-        # Every segment proves the claim (heartbeat) and honours a cancel: the engine loop's
-        # safe point.
+        # Every segment checks the claim (a heartbeat reads only memory) and honours a
+        # cancel: the engine loop's safe point.
         self.attempt.heartbeat()
         if TranscriptRun.objects.filter(pk=self.run.pk, cancel_requested_at__isnull=False).exists():
             raise Cancelled()
@@ -74,7 +84,19 @@ def held_run(attempt: Attempt) -> QuerySet[TranscriptRun]:
     )
 
 
-class TranscribeHandler:
+@dataclass(frozen=True)
+class Transcribed:
+    """What a transcription attempt hands to `succeeded`."""
+
+    result: engine.Result
+    # Segments finished since the last `update` event: the final one carries them.
+    unsent: list[dict[str, Any]]
+
+
+class TranscribeHandler(BaseJobHandler[Transcribed]):
+    subject_search_fields = ("run__id", "run__audio__original_filename")
+    subject_owner_field = "run__owner"
+
     def __init__(self, job_type: str) -> None:
         self.job_type = job_type
 
@@ -112,9 +134,10 @@ class TranscribeHandler:
                 raise Cancelled()
             run.refresh_from_db()
             publish(run, "update", newSegments=[])
-            announce_queue_positions()
+            if run.mode == RunMode.ASYNC:  # a sync run's job was never in anyone's way
+                announce_queue_positions()
 
-    def run(self, attempt: Attempt) -> None:
+    def run(self, attempt: Attempt) -> Transcribed:
         run = self._run(attempt.job)
         if run.audio.purged_at is not None or not run.audio.path.exists():
             raise PermanentError("audio_missing", "The audio file is no longer stored.")
@@ -140,12 +163,10 @@ class TranscribeHandler:
             if exc.permanent:
                 raise PermanentError(exc.code, exc.message) from exc
             raise
-        attempt.state["result"] = result
-        attempt.state["writer"] = writer
+        return Transcribed(result, writer.unsent)
 
-    def succeeded(self, attempt: Attempt) -> None:
-        result: engine.Result = attempt.state["result"]
-        writer: ProgressWriter = attempt.state["writer"]
+    def succeeded(self, attempt: Attempt, transcribed: Transcribed) -> None:
+        result = transcribed.result
         run = self._run(attempt.job)
         # Inside the transaction whose compare-and-set on the job just won.
         TranscriptRun.objects.filter(pk=run.pk, status=RunStatus.PROCESSING).update(
@@ -158,8 +179,34 @@ class TranscribeHandler:
             finished_at=timezone.now(),
         )
         run.refresh_from_db()
-        publish(run, "update", newSegments=writer.unsent)
+        publish(run, "update", newSegments=transcribed.unsent)
         publish(run, "done", text=run.text)
+
+    def describe_many(self, jobs: Sequence[Job]) -> dict[UUID, Subject]:
+        """The runs of a page of jobs, with owner and audio: one query."""
+        runs = TranscriptRun.objects.select_related("owner", "audio").in_bulk(
+            {job.run_id for job in jobs if job.run_id is not None}
+        )
+        return {
+            job.pk: Subject(
+                label=str(run.pk)[:8],
+                url=reverse("admin:transcription_transcriptrun_change", args=[run.pk]),
+                owner=run.owner.get_username(),
+                name=run.audio.original_filename,
+                duration_ms=run.audio.duration_ms,
+            )
+            for job in jobs
+            if job.run_id is not None and (run := runs.get(job.run_id)) is not None
+        }
+
+    def media_ms(self, jobs: QuerySet[Job]) -> int:
+        """The audio length of these jobs' runs. A succeeded run has exactly one succeeded
+        job (a run is retried only after it failed or was cancelled), so counting through
+        succeeded jobs counts each run once."""
+        total = jobs.filter(job_type=self.job_type, run__isnull=False).aggregate(
+            total=Sum("run__audio__duration_ms")
+        )["total"]
+        return int(total or 0)
 
     def _end(
         self, job: Job, status: str, *, code: str = "", message: str = ""
@@ -191,13 +238,8 @@ class TranscribeHandler:
         run = self._requeued(job)
         if run is None:
             return
-        publish(
-            run,
-            "error",
-            attempt=job.attempts,
-            willRetry=True,
-            retryAt=iso_utc(retry_at),
-            error={"code": "attempt_failed", "message": error},
+        publish_attempt_error(
+            run, attempt=job.attempts, code="attempt_failed", message=error, retry_at=retry_at
         )
         publish(run, "update")
 
@@ -205,14 +247,7 @@ class TranscribeHandler:
         run = self._end(job, RunStatus.FAILED, code=code, message=error)
         if run is None:
             return
-        publish(
-            run,
-            "error",
-            attempt=job.attempts,
-            willRetry=False,
-            retryAt=None,
-            error={"code": code, "message": error},
-        )
+        publish_attempt_error(run, attempt=job.attempts, code=code, message=error, retry_at=None)
         publish(run, "done")
 
     def cancelled(self, job: Job) -> None:
@@ -225,32 +260,18 @@ JOB_TYPE_PURGE = "purge_audio"
 PURGE_EVERY = timedelta(hours=1)
 
 
-class PurgeAudioHandler:
+class PurgeAudioHandler(BaseJobHandler[int]):
     """Retention: delete the files of audio whose runs all finished more than
     AUDIO_RETENTION_HOURS ago. The rows stay, with `purged_at` set, transcripts and all."""
 
     job_type = JOB_TYPE_PURGE
 
-    def started(self, attempt: Attempt) -> None:
-        pass
+    def run(self, attempt: Attempt) -> int:
+        return purge_expired_audio(heartbeat=attempt.heartbeat)
 
-    def run(self, attempt: Attempt) -> None:
-        attempt.state["purged"] = purge_expired_audio(heartbeat=attempt.heartbeat)
 
-    def succeeded(self, attempt: Attempt) -> None:
-        pass
-
-    def retrying(self, job: Job, error: str, retry_at: datetime) -> None:
-        pass
-
-    def failed(self, job: Job, code: str, error: str) -> None:
-        pass
-
-    def cancelled(self, job: Job) -> None:
-        pass
-
-    def released(self, job: Job) -> None:
-        pass
+def retention_is_on() -> bool:
+    return settings.AUDIO_RETENTION_HOURS > 0
 
 
 def purge_expired_audio(*, heartbeat: Callable[[], None] = lambda: None) -> int:

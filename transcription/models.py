@@ -2,15 +2,22 @@ from __future__ import annotations
 
 import time
 import uuid
-from datetime import timedelta
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Sum
+from django.db.models import Q, QuerySet, Sum, Window
+from django.db.models.expressions import RowRange
+from django.db.models.functions import RowNumber
 from django.utils import timezone
 
-from tasks_admin.models import Job, JobQuerySet, Worker
+from tasks_admin.models import CLAIM_ORDER, Job, Worker
+
+if TYPE_CHECKING:  # django-stubs-ext is a development dependency
+    from django_stubs_ext import WithAnnotations
 
 
 class Audio(models.Model):
@@ -120,23 +127,17 @@ class TranscriptRun(models.Model):
     def is_finished(self) -> bool:
         return self.status in TERMINAL_RUN_STATUSES
 
-    def jobs_ahead(self) -> JobQuerySet | None:
-        """The waiting jobs ahead of this run's job in claim order; None when not in line."""
-        if self.status != RunStatus.QUEUED:
-            return None
-        job = Job.objects.waiting().filter(run=self).first()
-        if job is None:
-            return None  # waiting for a retry delay: not in line yet
-        return Job.objects.waiting().filter(
-            models.Q(priority__gt=job.priority)
-            | models.Q(priority=job.priority, created_at__lt=job.created_at)
-            | models.Q(priority=job.priority, created_at=job.created_at, id__lt=job.id)
-        )
+    def jobs_oldest_first(self) -> list[Job]:
+        """Its jobs (a retry adds one), from the prefetched set when the caller has one."""
+        return sorted(self.jobs.all(), key=lambda job: job.created_at)
 
-    def queue_position(self) -> int:
-        """1 + the waiting jobs ahead of this run's job in claim order; 0 when not queued."""
-        ahead = self.jobs_ahead()
-        return 0 if ahead is None else ahead.count() + 1
+    def attempts_used(self) -> int:
+        return sum(job.attempts for job in self.jobs.all())
+
+    def max_attempts(self) -> int:
+        """What its newest job may use; 0 before it has one."""
+        jobs = self.jobs_oldest_first()
+        return jobs[-1].max_attempts if jobs else 0
 
     def elapsed_ms(self) -> int | None:
         if self.started_at is None:
@@ -144,9 +145,8 @@ class TranscriptRun(models.Model):
         end = self.finished_at or timezone.now()
         return int((end - self.started_at).total_seconds() * 1000)
 
-    def estimated_seconds_remaining(self) -> int | None:
-        """Processing: from this run's rate of progress so far. Queued: the audio ahead of it
-        and its own, at the speed recent runs went, spread over the live worker processes.
+    def estimated_seconds_remaining(self, queue: QueueSnapshot) -> int | None:
+        """Processing: from this run's rate of progress so far. Queued: what `queue` says.
         None until there is a rate to go by."""
         if self.status == RunStatus.PROCESSING and self.started_at is not None:
             if self.progress >= 100:
@@ -156,16 +156,7 @@ class TranscriptRun(models.Model):
             elapsed = (timezone.now() - self.started_at).total_seconds()
             return max(0, round(elapsed * (100 - self.progress) / self.progress))
         if self.status == RunStatus.QUEUED:
-            speed = TranscriptRun.recent_speed()
-            ahead = self.jobs_ahead()
-            if speed is None or ahead is None:
-                return None
-            ahead_ms = ahead.aggregate(ms=Sum("run__audio__duration_ms"))["ms"] or 0
-            processes = Worker.objects.filter(
-                last_seen__gte=timezone.now() - timedelta(seconds=settings.WORKER_STALE_SECONDS)
-            ).aggregate(n=Sum("processes"))["n"]
-            wait_ms = ahead_ms / max(1, processes or 1) + self.audio.duration_ms
-            return round(wait_ms / 1000 / speed)
+            return queue.seconds_until_done(self)
         return None
 
     _speed_cache: tuple[float, float | None] = (0.0, None)
@@ -174,7 +165,8 @@ class TranscriptRun(models.Model):
     def recent_speed(cls) -> float | None:
         """Audio seconds transcribed per wall second by one process, over recent runs.
 
-        Cached for a minute: it moves slowly and every queued run's ETA asks for it.
+        Cached for a minute: it moves slowly, and every answer or event about a queued run
+        asks for it.
         """
         checked_at, speed = cls._speed_cache
         if time.monotonic() - checked_at < 60:
@@ -189,6 +181,99 @@ class TranscriptRun(models.Model):
         speed = audio_ms / wall_ms if audio_ms and wall_ms > 0 else None
         cls._speed_cache = (time.monotonic(), speed)
         return speed
+
+
+@dataclass(frozen=True)
+class QueuePlace:
+    position: int  # 1 is next in line
+    audio_ms_ahead: int  # the audio of the waiting jobs before it
+
+
+@dataclass(frozen=True)
+class QueueSnapshot:
+    """Where some runs stand in the queue, read once for a whole answer or event pass: one
+    window query over the waiting jobs, however many runs it covers, and the live worker
+    processes and recent speed that their ETAs need.
+
+    A queue position is 1 + the waiting jobs ahead in claim order (DESIGN.md, "Job queue"); a
+    run that is not waiting (processing, finished, or queued for a retry later) has none.
+    """
+
+    places: Mapping[uuid.UUID, QueuePlace]
+    processes: int = 1
+    speed: float | None = None
+
+    @classmethod
+    def of(cls, runs: Iterable[TranscriptRun]) -> QueueSnapshot:
+        """The places of these runs; no query at all when none of them is queued."""
+        queued = [run.pk for run in runs if run.status == RunStatus.QUEUED]
+        if not queued:
+            return cls({})
+        # A filter that names a window function is applied after the window is computed (in
+        # an outer query), any other filter before it, where it would shrink the queue being
+        # counted. OR-ed with a window condition, the run filter is applied after.
+        return cls._read(_waiting_with_places().filter(Q(run_id__in=queued) | Q(position__lt=1)))
+
+    @classmethod
+    def head(cls, length: int) -> QueueSnapshot:
+        """The places of the runs among the first `length` waiting jobs."""
+        return cls._read(_waiting_with_places().filter(position__lte=length))
+
+    @classmethod
+    def _read(cls, waiting: QuerySet[WithAnnotations[Job, _Place]]) -> QueueSnapshot:
+        places = {
+            run_id: QueuePlace(position, audio_ms_ahead or 0)
+            for run_id, position, audio_ms_ahead in waiting.values_list(
+                "run_id", "position", "audio_ms_ahead"
+            )
+            if run_id is not None
+        }
+        if not places:
+            return cls({})
+        processes = Worker.objects.alive().aggregate(n=Sum("processes"))["n"]
+        return cls(places, max(1, processes or 1), TranscriptRun.recent_speed())
+
+    def position(self, run: TranscriptRun) -> int:
+        """1 is next in line; 0 when the run is not waiting in the queue."""
+        place = self.places.get(run.pk)
+        return 0 if place is None else place.position
+
+    def in_order(self) -> list[uuid.UUID]:
+        """The runs, first in line first."""
+        return sorted(self.places, key=lambda run_id: self.places[run_id].position)
+
+    def seconds_until_done(self, run: TranscriptRun) -> int | None:
+        """The audio ahead of the run, spread over the live worker processes, and its own,
+        at the speed recent runs went; None while the run is not in line or no run has
+        finished lately."""
+        place = self.places.get(run.pk)
+        if place is None or self.speed is None:
+            return None
+        wait_ms = place.audio_ms_ahead / self.processes + run.audio.duration_ms
+        return round(wait_ms / 1000 / self.speed)
+
+
+class _Place(TypedDict):
+    position: int
+    audio_ms_ahead: int | None
+
+
+def _waiting_with_places() -> QuerySet[WithAnnotations[Job, _Place]]:
+    """The waiting jobs, each with its `position` in claim order and the `audio_ms_ahead` of
+    it. A sync run's job, held by the web process that runs it at once, is in nobody's way."""
+    now = timezone.now()
+    return (
+        Job.objects.waiting(now)
+        .exclude(run__mode=RunMode.SYNC, picked_until__gt=now)
+        .annotate(
+            position=Window(RowNumber(), order_by=CLAIM_ORDER),
+            audio_ms_ahead=Window(
+                Sum("run__audio__duration_ms"),
+                order_by=CLAIM_ORDER,
+                frame=RowRange(start=None, end=-1),
+            ),
+        )
+    )
 
 
 class RunEventOutbox(models.Model):

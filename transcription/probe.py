@@ -24,9 +24,8 @@ from typing import Any
 
 import av
 from django.conf import settings
-from rest_framework import status
 
-from lingoloop.errors import ApiError
+from lingoloop.refusals import Invalid, NotAudio, Unprocessable
 
 # FFmpeg demuxers an upload may be opened with, mapped to the content type we report (None:
 # reported by its codec as audio/x-<codec>). Audio containers, and the video containers people
@@ -78,7 +77,7 @@ def open_audio(path: Path) -> Iterator[av.container.InputContainer]:
 
     FFmpeg is given an open file without a name, so it recognises the format from the bytes
     alone (a name's extension would make a text file "flac"), and its messages never carry a
-    server path. Raises ApiError (415 not audio, 422 truncated) when it will not open so.
+    server path. Raises NotAudio or Unprocessable (lingoloop.refusals) when it will not open so.
     """
     with open(os.open(path, os.O_RDONLY), "rb") as handle:  # its .name is a descriptor number
         try:
@@ -100,7 +99,7 @@ def open_audio(path: Path) -> Iterator[av.container.InputContainer]:
 def probe_audio(path: Path) -> Probe:
     """Open the file, find its audio stream, measure its real length, check it decodes."""
     if path.stat().st_size == 0:
-        raise ApiError("empty_file", "The uploaded file is empty.", field="file")
+        raise Invalid("empty_file", "The uploaded file is empty.", field="file")
     deadline = time.monotonic() + PROBE_TIME_BUDGET_SECONDS
     max_ms = settings.MAX_AUDIO_DURATION_MS
     with open_audio(path) as container:
@@ -125,11 +124,10 @@ def probe_audio(path: Path) -> Probe:
         duration_ms = decoded_ms
         _refuse_too_long(duration_ms)
     if duration_ms <= 0:
-        raise ApiError(
+        raise Unprocessable(
             "empty_audio",
             "The audio has no length.",
             field="file",
-            status_code=status.HTTP_422_UNPROCESSABLE_ENTITY,
         )
     return Probe(
         content_type=_content_type(format_name, codec), duration_ms=duration_ms, codec=codec
@@ -140,11 +138,10 @@ def first_audio_stream(container: Any) -> Any:
     for stream in container.streams:
         if stream.type == "audio":
             return stream
-    raise ApiError(
+    raise Unprocessable(
         "no_audio_stream",
         "The file has no audio stream.",
         field="file",
-        status_code=status.HTTP_422_UNPROCESSABLE_ENTITY,
     )
 
 
@@ -167,12 +164,11 @@ def _content_type(format_name: str, codec: str) -> str:
 def _refuse_too_long(duration_ms: int) -> None:
     limit = settings.MAX_AUDIO_DURATION_MS
     if duration_ms > limit:
-        raise ApiError(
+        raise Unprocessable(
             "audio_too_long",
             f"The audio lasts more than {limit / 60000:.1f} minutes, the longest this "
             "service transcribes.",
             field="file",
-            status_code=status.HTTP_422_UNPROCESSABLE_ENTITY,
         )
 
 
@@ -237,19 +233,17 @@ def _ffmpeg_reason(exc: av.error.FFmpegError) -> str:
     return str(getattr(exc, "strerror", None) or "FFmpeg could not read it").rstrip(".")
 
 
-def not_audio(detail: str) -> ApiError:
-    return ApiError(
+def not_audio(detail: str) -> NotAudio:
+    return NotAudio(
         "not_audio",
         f"The file is not audio that LingoLoop can read ({detail}).",
         field="file",
-        status_code=status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
     )
 
 
-def undecodable(detail: str) -> ApiError:
-    return ApiError(
+def undecodable(detail: str) -> Unprocessable:
+    return Unprocessable(
         "undecodable",
         f"The audio could not be decoded ({detail}).",
         field="file",
-        status_code=status.HTTP_422_UNPROCESSABLE_ENTITY,
     )

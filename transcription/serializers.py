@@ -1,4 +1,4 @@
-"""Input validation for the API. Output is built in transcription.events (the progress object)."""
+"""What the API reads: input validation. What it answers is in transcription/representations.py."""
 
 from __future__ import annotations
 
@@ -7,10 +7,13 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.validators import URLValidator
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
 from faster_whisper.tokenizer import _LANGUAGE_CODES
 from rest_framework import serializers
 
 from transcription.callbacks import UnsafeDestination, check_callback_url
+from transcription.models import Task
 from transcription.services import RunOptions
 
 USER_PRIORITY_RANGE = (-10, 10)
@@ -103,6 +106,53 @@ class SubmitSerializer(serializers.Serializer):
             callback_url=data["callbackUrl"],
             mode=data["mode"],
         )
+
+
+@extend_schema_field(OpenApiTypes.BINARY)
+class UploadField(serializers.FileField):
+    """A file part of a multipart body (drf-spectacular would call it a URL)."""
+
+
+class SubmitRequestSerializer(SubmitSerializer):
+    """The multipart upload of `POST /api/transcribe`, with the limits the API enforces."""
+
+    file = UploadField(help_text="The audio; what it is is read from its bytes.")
+    # A ChoiceField here, for the enum in the schema; SubmitSerializer checks the same list.
+    model = serializers.ChoiceField(  # type: ignore[assignment]
+        choices=settings.WHISPER_MODELS_ALLOWED,
+        required=False,
+        help_text=f"Default: {settings.WHISPER_MODEL}.",
+    )
+    language = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        max_length=16,
+        help_text="A Whisper language code (en, de, fr…); empty: detect it. English-only "
+        "models (`*.en`) take only `en`.",
+    )
+    task = serializers.ChoiceField(
+        choices=Task.choices,
+        default=Task.TRANSCRIBE,
+        help_text="`translate` (into English) needs a multilingual model.",
+    )
+    priority = serializers.IntegerField(
+        required=False,
+        default=0,
+        min_value=STAFF_PRIORITY_RANGE[0],
+        max_value=STAFF_PRIORITY_RANGE[1],
+        help_text=f"Higher goes first. Users: {USER_PRIORITY_RANGE[0]} to "
+        f"{USER_PRIORITY_RANGE[1]}; staff: {STAFF_PRIORITY_RANGE[0]} to "
+        f"{STAFF_PRIORITY_RANGE[1]}.",
+    )
+    mode = serializers.ChoiceField(
+        choices=["auto", "sync", "async"],
+        default="auto",
+        help_text="auto: sync when the file is small and short and a sync slot is free; "
+        "sync above the limits is a 400.",
+    )
+    callbackUrl = serializers.URLField(
+        required=False, allow_blank=True, max_length=2000, help_text="An http(s) URL."
+    )
 
 
 class TokenRequestSerializer(serializers.Serializer):

@@ -1,7 +1,14 @@
-"""Writes that span several models: storing an upload, submitting and running a transcription."""
+"""Writes that span several models: submitting a transcription, cancelling, retrying and
+deleting runs.
+
+`run_submit` reads as its steps: store the upload, probe it, decide the mode, create the rows,
+then transcribe it here or leave it to the queue. Refusals are domain exceptions
+(lingoloop.refusals); the API and the admin decide how to show them.
+"""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -11,7 +18,9 @@ import tempfile
 import threading
 import unicodedata
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -22,11 +31,10 @@ from django.contrib.auth.models import User
 from django.core.files.uploadedfile import UploadedFile
 from django.db import IntegrityError, connections, transaction
 from django.utils import timezone
-from rest_framework import status
 
-from lingoloop.errors import ApiError
+from lingoloop.refusals import Conflict, Invalid, LimitReached
 from tasks_admin.models import Job, JobStatus
-from tasks_admin.runner import current_worker_id, run_job
+from tasks_admin.runner import run_job
 from tasks_admin.services import job_enqueue
 from transcription.events import announce_queue_positions, publish
 from transcription.jobs import JOB_TYPE_ASYNC, JOB_TYPE_SYNC
@@ -48,6 +56,131 @@ class RunOptions:
     priority: int = 0
     callback_url: str = ""
     mode: str = "auto"  # auto | sync | async
+
+
+# --- Submit -------------------------------------------------------------------------------
+
+
+def run_submit(
+    *,
+    owner: User,
+    upload: UploadedFile,
+    options: RunOptions,
+    idempotency_key: str | None = None,
+) -> tuple[TranscriptRun, bool]:
+    """Store the upload, probe it, decide its mode, create its rows, then transcribe it here
+    (sync) or leave it to the queue (async).
+
+    Returns (run, created). A sync run comes back finished. The same `idempotency_key` from the
+    same owner returns the run it first created. A refused upload leaves no row and no file.
+    """
+    if idempotency_key and (earlier := _run_for_key(owner, idempotency_key)) is not None:
+        return earlier, False
+    # A cheap refusal before the upload is probed; the check that counts is made again with
+    # the owner's row locked, in the transaction that creates the run.
+    check_user_limits(owner=owner)
+
+    stored = store_upload(upload)
+    run: TranscriptRun | None = None
+    try:
+        probe = probe_audio(stored.path)
+        with decided_mode(options.mode, stored.size_bytes, probe.duration_ms) as mode:
+            try:
+                run = _create_rows(owner, upload, stored, probe, options, mode, idempotency_key)
+            except IntegrityError:
+                earlier = _run_for_key(owner, idempotency_key) if idempotency_key else None
+                if earlier is None:
+                    raise
+                return earlier, False  # two requests with one key raced; the other one won
+            if mode == RunMode.SYNC:
+                transcribe_here(run)
+        return run, True
+    finally:
+        if run is None:  # refused, or it lost the race: no row refers to the file
+            stored.path.unlink(missing_ok=True)
+
+
+def _run_for_key(owner: User, idempotency_key: str) -> TranscriptRun | None:
+    return TranscriptRun.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
+
+
+def _create_rows(
+    owner: User,
+    upload: UploadedFile,
+    stored: StoredUpload,
+    probe: Probe,
+    options: RunOptions,
+    mode: str,
+    idempotency_key: str | None,
+) -> TranscriptRun:
+    """The Audio, TranscriptRun and Job rows and the run's first event, in one transaction."""
+    with transaction.atomic():
+        # Parallel uploads from one user queue here, so each one counts those before it.
+        # (SQLite's IMMEDIATE transactions are serialised already; FOR UPDATE is a no-op there.)
+        list(get_user_model().objects.select_for_update().filter(pk=owner.pk).values_list("pk"))
+        check_user_limits(owner=owner)
+        audio = Audio.objects.create(
+            owner=owner,
+            stored_name=stored.name,
+            original_filename=sanitize_filename(upload.name or ""),
+            content_type=probe.content_type,
+            size_bytes=stored.size_bytes,
+            duration_ms=probe.duration_ms,
+            sha256=stored.sha256,
+        )
+        run = TranscriptRun.objects.create(
+            owner=owner,
+            audio=audio,
+            mode=mode,
+            model=options.model,
+            language=options.language,
+            task=options.task,
+            word_timestamps=options.word_timestamps,
+            vad_filter=options.vad_filter,
+            beam_size=options.beam_size,
+            initial_prompt=options.initial_prompt,
+            priority=options.priority,
+            callback_url=options.callback_url,
+            idempotency_key=idempotency_key or None,
+        )
+        sync = mode == RunMode.SYNC
+        job = job_enqueue(
+            job_type=JOB_TYPE_SYNC if sync else JOB_TYPE_ASYNC,
+            run_id=run.pk,
+            priority=options.priority,
+            # This web process starts it: no worker cluster may pick it meanwhile.
+            hold=sync,
+        )
+        publish(run, "update")
+        if not sync and Job.objects.waiting().filter(priority__lt=job.priority).exists():
+            announce_queue_positions()  # it jumped ahead of others
+    return run
+
+
+# --- Storing an upload -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoredUpload:
+    """An upload moved under its own UUID name in UPLOAD_DIR, measured as stored."""
+
+    name: str
+    path: Path
+    size_bytes: int
+    sha256: str
+
+
+def store_upload(upload: UploadedFile) -> StoredUpload:
+    spooled = _spool(upload)
+    try:
+        name = uuid.uuid4().hex
+        path = Path(settings.UPLOAD_DIR) / name
+        stored = StoredUpload(name, path, spooled.stat().st_size, _sha256(spooled))
+        os.replace(spooled, path)
+    except BaseException:
+        spooled.unlink(missing_ok=True)
+        raise
+    return stored
 
 
 # Characters that must never reach a display name: control, format (bidi overrides, zero
@@ -92,206 +225,110 @@ def _sha256(path: Path) -> str:
 
 # --- Sync transcription ------------------------------------------------------------------
 
-_sync_pool = ThreadPoolExecutor(
-    max_workers=max(1, settings.TRANSCRIBE_SYNC_CONCURRENCY), thread_name_prefix="sync-transcribe"
-)
-_sync_slots = threading.BoundedSemaphore(max(1, settings.TRANSCRIBE_SYNC_CONCURRENCY))
+
+@contextmanager
+def decided_mode(requested: str, size_bytes: int, duration_ms: int) -> Iterator[str]:
+    """The run's mode: sync or async. A sync run holds one of this process's
+    TRANSCRIBE_SYNC_CONCURRENCY slots until the block ends.
+
+    `auto` takes a free slot or goes to the queue; `sync` waits up to TRANSCRIBE_SYNC_WAIT_MS
+    for one, then goes to the queue too (answered 202, as any queued run).
+    """
+    if settings.TASKS_INLINE_PROCESSING:
+        yield RunMode.SYNC
+        return
+    if not _sync_allowed(requested, size_bytes, duration_ms):
+        yield RunMode.ASYNC
+        return
+    slots, _ = _sync_capacity(settings.TRANSCRIBE_SYNC_CONCURRENCY)
+    wait = settings.TRANSCRIBE_SYNC_WAIT_MS / 1000 if requested == "sync" else 0
+    if not slots.acquire(timeout=wait):
+        yield RunMode.ASYNC
+        return
+    try:
+        yield RunMode.SYNC
+    finally:
+        slots.release()
 
 
-def _within_sync_limits(size_bytes: int, duration_ms: int) -> bool:
-    return (
+def _sync_allowed(requested: str, size_bytes: int, duration_ms: int) -> bool:
+    """Whether this file may be transcribed in the request; `sync` out of limits is refused."""
+    if requested == "async":
+        return False
+    if settings.TRANSCRIBE_SYNC_CONCURRENCY == 0:
+        if requested == "sync":
+            raise Invalid("sync_disabled", "Sync transcription is turned off here.", field="mode")
+        return False
+    within = (
         size_bytes <= settings.TRANSCRIBE_SYNC_MAX_BYTES
         and duration_ms <= settings.TRANSCRIBE_SYNC_MAX_DURATION_MS
     )
+    if requested == "sync" and not within:
+        raise Invalid(
+            "sync_limits_exceeded",
+            f"mode=sync takes files up to {settings.TRANSCRIBE_SYNC_MAX_BYTES} bytes and "
+            f"{settings.TRANSCRIBE_SYNC_MAX_DURATION_MS} ms; use mode=async or auto.",
+            field="mode",
+        )
+    return within
 
 
-def _choose_mode(requested: str, size_bytes: int, duration_ms: int) -> tuple[str, bool]:
-    """(mode, holds_slot). A sync run holds one of the TRANSCRIBE_SYNC_CONCURRENCY slots."""
-    if settings.TASKS_INLINE_PROCESSING:
-        return RunMode.SYNC, False
-    if requested == "async" or settings.TRANSCRIBE_SYNC_CONCURRENCY == 0:
-        if requested == "sync":
-            raise ApiError("sync_disabled", "Sync transcription is turned off here.", field="mode")
-        return RunMode.ASYNC, False
-    within = _within_sync_limits(size_bytes, duration_ms)
-    if requested == "sync":
-        if not within:
-            raise ApiError(
-                "sync_limits_exceeded",
-                f"mode=sync takes files up to {settings.TRANSCRIBE_SYNC_MAX_BYTES} bytes and "
-                f"{settings.TRANSCRIBE_SYNC_MAX_DURATION_MS} ms; use mode=async or auto.",
-                field="mode",
-            )
-        _sync_slots.acquire()  # the client asked to wait for its transcript
-        return RunMode.SYNC, True
-    if within and _sync_slots.acquire(blocking=False):
-        return RunMode.SYNC, True
-    return RunMode.ASYNC, False
+@functools.cache
+def _sync_capacity(concurrency: int) -> tuple[threading.BoundedSemaphore, ThreadPoolExecutor]:
+    """This process's sync slots and the threads that run sync jobs, made on first use (not at
+    import: a worker or a management command never needs them)."""
+    size = max(1, concurrency)
+    return threading.BoundedSemaphore(size), ThreadPoolExecutor(
+        max_workers=size, thread_name_prefix="sync-transcribe"
+    )
 
 
-def _run_inline(job_id: uuid.UUID) -> None:
+def transcribe_here(run: TranscriptRun) -> None:
+    """Run a sync run's job in this process and wait for it; `run` is refreshed after.
+
+    In a thread of its own, with its own database connection, as a worker would run it.
+    """
+    job_id = run.jobs.values_list("pk", flat=True).get()
+    _, pool = _sync_capacity(settings.TRANSCRIBE_SYNC_CONCURRENCY)
+    pool.submit(_run_job_and_close, job_id).result()
+    run.refresh_from_db()
+
+
+def _run_job_and_close(job_id: uuid.UUID) -> None:
     try:
         run_job(str(job_id))
     finally:
         connections.close_all()
 
 
-# --- Submit -------------------------------------------------------------------------------
+# --- Limits -------------------------------------------------------------------------------
 
 RATE_WINDOW = timedelta(minutes=1)
 
 
 def check_user_limits(*, owner: User) -> None:
     """USER_MAX_ACTIVE_RUNS and UPLOADS_PER_MINUTE, counted from the run table itself: exact
-    across web processes, and independent of Redis. Raises a 429 with Retry-After."""
+    across web processes, and independent of Redis."""
     runs = TranscriptRun.objects.filter(owner=owner)
     active = runs.filter(status__in=[RunStatus.QUEUED, RunStatus.PROCESSING]).count()
     if active >= settings.USER_MAX_ACTIVE_RUNS:
-        raise ApiError(
+        raise LimitReached(
             "too_many_active_runs",
             f"You have {active} runs queued or processing; the limit is "
             f"{settings.USER_MAX_ACTIVE_RUNS}. Wait for some to finish or cancel them.",
-            status_code=status.HTTP_429_TOO_MANY_REQUESTS,
-            headers={"Retry-After": "30"},
+            retry_after=30,
         )
     since = timezone.now() - RATE_WINDOW
     recent = runs.filter(created_at__gt=since).order_by("created_at")
     if recent.count() >= settings.UPLOADS_PER_MINUTE:
         oldest = recent.values_list("created_at", flat=True)[0]
         wait = math.ceil((oldest - since).total_seconds())
-        raise ApiError(
+        raise LimitReached(
             "throttled",
             f"You have uploaded {settings.UPLOADS_PER_MINUTE} files in the last minute, the "
             f"most this service takes; try again in {wait} s.",
-            status_code=status.HTTP_429_TOO_MANY_REQUESTS,
-            headers={"Retry-After": str(max(1, wait))},
+            retry_after=wait,
         )
-
-
-def run_submit(
-    *,
-    owner: User,
-    upload: UploadedFile,
-    options: RunOptions,
-    idempotency_key: str | None = None,
-) -> tuple[TranscriptRun, bool]:
-    """Store the upload, create its Audio, TranscriptRun and Job, and transcribe or queue it.
-
-    Returns (run, created). A sync run comes back finished. The same `idempotency_key` from the
-    same owner returns the run it first created. A refused upload leaves no row and no file.
-    """
-    if idempotency_key:
-        existing = TranscriptRun.objects.filter(
-            owner=owner, idempotency_key=idempotency_key
-        ).first()
-        if existing is not None:
-            return existing, False
-
-    # A cheap refusal before the upload is probed; the check that counts is made again with
-    # the owner's row locked, in the transaction that creates the run (_create_rows).
-    check_user_limits(owner=owner)
-
-    spooled = _spool(upload)
-    stored: Path | None = None
-    holds_slot = False
-    try:
-        probe: Probe = probe_audio(spooled)
-        size_bytes = spooled.stat().st_size
-        mode, holds_slot = _choose_mode(options.mode, size_bytes, probe.duration_ms)
-        stored_name = uuid.uuid4().hex
-        stored = Path(settings.UPLOAD_DIR) / stored_name
-        sha256 = _sha256(spooled)
-        os.replace(spooled, stored)
-        try:
-            with transaction.atomic():
-                run = _create_rows(
-                    owner=owner,
-                    upload_name=upload.name or "",
-                    stored_name=stored_name,
-                    probe=probe,
-                    size_bytes=size_bytes,
-                    sha256=sha256,
-                    options=options,
-                    mode=mode,
-                    idempotency_key=idempotency_key,
-                )
-        except IntegrityError:
-            if not idempotency_key:
-                raise
-            # Two requests with one key raced; the other one created the run.
-            stored.unlink(missing_ok=True)
-            return TranscriptRun.objects.get(owner=owner, idempotency_key=idempotency_key), False
-
-        if mode == RunMode.SYNC:
-            job = run.jobs.get()
-            _sync_pool.submit(_run_inline, job.pk).result()
-            run.refresh_from_db()
-        return run, True
-    except BaseException:
-        spooled.unlink(missing_ok=True)
-        if stored is not None and not Audio.objects.filter(stored_name=stored.name).exists():
-            stored.unlink(missing_ok=True)
-        raise
-    finally:
-        if holds_slot:
-            _sync_slots.release()
-
-
-def _create_rows(
-    *,
-    owner: User,
-    upload_name: str,
-    stored_name: str,
-    probe: Probe,
-    size_bytes: int,
-    sha256: str,
-    options: RunOptions,
-    mode: str,
-    idempotency_key: str | None,
-) -> TranscriptRun:
-    # Parallel uploads from one user queue here, so each one counts those before it.
-    # (SQLite's IMMEDIATE transactions are serialised already; FOR UPDATE is a no-op there.)
-    list(get_user_model().objects.select_for_update().filter(pk=owner.pk).values_list("pk"))
-    check_user_limits(owner=owner)
-    audio = Audio.objects.create(
-        owner=owner,
-        stored_name=stored_name,
-        original_filename=sanitize_filename(upload_name),
-        content_type=probe.content_type,
-        size_bytes=size_bytes,
-        duration_ms=probe.duration_ms,
-        sha256=sha256,
-    )
-    run = TranscriptRun.objects.create(
-        owner=owner,
-        audio=audio,
-        mode=mode,
-        model=options.model,
-        language=options.language,
-        task=options.task,
-        word_timestamps=options.word_timestamps,
-        vad_filter=options.vad_filter,
-        beam_size=options.beam_size,
-        initial_prompt=options.initial_prompt,
-        priority=options.priority,
-        callback_url=options.callback_url,
-        idempotency_key=idempotency_key or None,
-    )
-    job = job_enqueue(
-        job_type=JOB_TYPE_SYNC if mode == RunMode.SYNC else JOB_TYPE_ASYNC,
-        run_id=run.pk,
-        priority=options.priority,
-    )
-    if mode == RunMode.SYNC:
-        # Held for this web process so no worker cluster picks it before we start it.
-        Job.objects.filter(pk=job.pk).update(
-            locked_by=f"pick:{current_worker_id()}",
-            locked_until=timezone.now() + timedelta(seconds=settings.JOB_PICK_HOLD_SECONDS),
-        )
-    publish(run, "update")
-    if Job.objects.waiting().filter(priority__lt=job.priority).exists():
-        announce_queue_positions()  # it jumped ahead of others
-    return run
 
 
 # --- Cancel, retry, delete -----------------------------------------------------------------
@@ -305,7 +342,7 @@ def run_cancel(*, run: TranscriptRun) -> TranscriptRun:
             status=RunStatus.CANCELLED, cancel_requested_at=now, finished_at=now
         ):
             run.jobs.filter(status=JobStatus.QUEUED).update(
-                status=JobStatus.CANCELLED, finished_at=now, locked_by="", locked_until=None
+                status=JobStatus.CANCELLED, finished_at=now, picked_by="", picked_until=None
             )
             run.refresh_from_db()
             publish(run, "done")
@@ -318,10 +355,8 @@ def run_cancel(*, run: TranscriptRun) -> TranscriptRun:
             return run
     run.refresh_from_db()
     if run.is_finished:
-        raise ApiError(
-            "run_finished",
-            f"The run has already {run.status}; there is nothing to cancel.",
-            status_code=status.HTTP_409_CONFLICT,
+        raise Conflict(
+            "run_finished", f"The run has already {run.status}; there is nothing to cancel."
         )
     return run  # processing with a cancel already requested
 
@@ -344,16 +379,13 @@ def run_retry(*, run: TranscriptRun) -> TranscriptRun:
             cancel_requested_at=None,
         ):
             run.refresh_from_db()
-            raise ApiError(
+            raise Conflict(
                 "run_not_retryable",
                 f"Only failed or cancelled runs can be retried; this one is {run.status}.",
-                status_code=status.HTTP_409_CONFLICT,
             )
         if run.audio.purged_at is not None:
-            raise ApiError(
-                "audio_purged",
-                "The audio of this run was deleted by retention; upload it again.",
-                status_code=status.HTTP_409_CONFLICT,
+            raise Conflict(
+                "audio_purged", "The audio of this run was deleted by retention; upload it again."
             )
         job_enqueue(job_type=JOB_TYPE_ASYNC, run_id=run.pk, priority=run.priority)
         run.refresh_from_db()
@@ -365,11 +397,7 @@ def run_retry(*, run: TranscriptRun) -> TranscriptRun:
 def run_delete(*, run: TranscriptRun) -> None:
     """Delete a finished run, and its audio with its file once no other run uses it."""
     if not run.is_finished:
-        raise ApiError(
-            "run_active",
-            "Cancel the run before deleting it.",
-            status_code=status.HTTP_409_CONFLICT,
-        )
+        raise Conflict("run_active", "Cancel the run before deleting it.")
     audio = run.audio
     with transaction.atomic():
         run.delete()

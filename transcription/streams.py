@@ -16,15 +16,11 @@ from rest_framework.authtoken.models import Token
 
 from lingoloop.auth import is_token_shaped
 from lingoloop.errors import ApiError
-from transcription.events import (
-    ALL_RUNS_CHANNEL,
-    iso_utc,
-    progress_object,
-    run_channel,
-    user_channel,
-)
+from lingoloop.eventhub import Subscription, current_id, db_call, encode, payload
+from lingoloop.timefmt import iso_utc
+from transcription.events import ALL_RUNS_CHANNEL, run_channel, user_channel
 from transcription.models import RunStatus, TranscriptRun
-from transcription.sse import Watch, current_event_id, db_call, encode, event_payload
+from transcription.representations import progress_object, progress_objects, with_relations
 from transcription.tokens import user_id_from_events_token
 
 RUN_STREAM_EVENTS = {"update", "error", "done"}
@@ -97,7 +93,7 @@ def _open_run(request: HttpRequest, run_id: uuid.UUID) -> Opening:
     channel = run_channel(run_id)
     # The id first, the snapshot second: whatever is sent in between is in both, never in
     # neither (DESIGN.md, item 2).
-    current_id = current_event_id(channel)
+    start_id = current_id(channel)
     runs = TranscriptRun.objects.select_related("audio")
     if not user.is_staff:
         runs = runs.filter(owner=user)
@@ -107,20 +103,20 @@ def _open_run(request: HttpRequest, run_id: uuid.UUID) -> Opening:
     snapshot = progress_object(run)
     if run.status == RunStatus.SUCCEEDED:
         snapshot["text"] = run.text
-    return Opening(channel, current_id, snapshot, finished=run.is_finished)
+    return Opening(channel, start_id, snapshot, finished=run.is_finished)
 
 
 def _open_user(request: HttpRequest) -> Opening:
     user = stream_user(request)
     channel = ALL_RUNS_CHANNEL if user.is_staff else user_channel(user.pk)
-    current_id = current_event_id(channel)
-    runs = TranscriptRun.objects.select_related("audio").filter(
+    start_id = current_id(channel)
+    runs = with_relations(TranscriptRun.objects.all()).filter(
         status__in=[RunStatus.QUEUED, RunStatus.PROCESSING]
     )
     if not user.is_staff:
         runs = runs.filter(owner=user)
-    active = [progress_object(run) for run in runs.order_by("-created_at")[:500]]
-    return Opening(channel, current_id, {"runs": active})
+    active = progress_objects(list(runs.order_by("-created_at")[:500]))
+    return Opening(channel, start_id, {"runs": active})
 
 
 def _heartbeat(last_id: int) -> str:
@@ -128,37 +124,27 @@ def _heartbeat(last_id: int) -> str:
     return encode("heartbeat", {"event": "heartbeat", "timestamp": now}, last_id)
 
 
-async def _run_stream(opening: Opening, start_id: int) -> AsyncIterator[str]:
-    async with Watch(opening.channel, start_id) as watch:
-        yield encode("init", {**opening.snapshot, "event": "init"}, start_id)
+async def _stream(
+    opening: Opening, start_id: int, first: str, names: set[str], *, ends_at_done: bool
+) -> AsyncIterator[str]:
+    """The snapshot as event `first`, then the channel's events named in `names` as they
+    come, with a heartbeat when quiet; a run's stream ends after its `done`."""
+    async with Subscription(opening.channel, start_id) as subscription:
+        yield encode(first, {**opening.snapshot, "event": first}, start_id)
         heartbeat = settings.SSE_HEARTBEAT_INTERVAL_MS / 1000
-        pending = await watch.catch_up()
+        pending = await subscription.catch_up()
         if not pending and opening.finished:
-            yield encode("done", {**opening.snapshot, "event": "done"}, watch.last_id)
+            yield encode("done", {**opening.snapshot, "event": "done"}, subscription.last_id)
             return
         while True:
             for event_id, event in pending:
-                if event.type in RUN_STREAM_EVENTS:
-                    yield encode(event.type, event_payload(event), event_id)
-                if event.type == "done":
+                if event.type in names:
+                    yield encode(event.type, payload(event), event_id)
+                if ends_at_done and event.type == "done":
                     return
-            if not await watch.wait(heartbeat):
-                yield _heartbeat(watch.last_id)
-            pending = await watch.next_events()
-
-
-async def _user_stream(opening: Opening, start_id: int) -> AsyncIterator[str]:
-    async with Watch(opening.channel, start_id) as watch:
-        yield encode("snapshot", {**opening.snapshot, "event": "snapshot"}, start_id)
-        heartbeat = settings.SSE_HEARTBEAT_INTERVAL_MS / 1000
-        pending = await watch.catch_up()
-        while True:
-            for event_id, event in pending:
-                if event.type in USER_STREAM_EVENTS:
-                    yield encode(event.type, event_payload(event), event_id)
-            if not await watch.wait(heartbeat):
-                yield _heartbeat(watch.last_id)
-            pending = await watch.next_events()
+            if not await subscription.wait(heartbeat):
+                yield _heartbeat(subscription.last_id)
+            pending = await subscription.next_events()
 
 
 def _sse_response(body: AsyncIterator[str]) -> StreamingHttpResponse:
@@ -188,7 +174,8 @@ async def run_events(request: HttpRequest, run_id: uuid.UUID) -> HttpResponseBas
         opening = await db_call(_open_run, request, run_id)
     except ApiError as error:
         return _error_response(error)
-    return _sse_response(_run_stream(opening, _start_id(request, opening)))
+    start_id = _start_id(request, opening)
+    return _sse_response(_stream(opening, start_id, "init", RUN_STREAM_EVENTS, ends_at_done=True))
 
 
 async def user_events(request: HttpRequest) -> HttpResponseBase:
@@ -196,4 +183,7 @@ async def user_events(request: HttpRequest) -> HttpResponseBase:
         opening = await db_call(_open_user, request)
     except ApiError as error:
         return _error_response(error)
-    return _sse_response(_user_stream(opening, _start_id(request, opening)))
+    start_id = _start_id(request, opening)
+    return _sse_response(
+        _stream(opening, start_id, "snapshot", USER_STREAM_EVENTS, ends_at_done=False)
+    )

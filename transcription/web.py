@@ -33,9 +33,10 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 from rest_framework.authtoken.models import Token
 
-from transcription.events import ALL_RUNS_CHANNEL, progress_object, run_channel, user_channel
+from lingoloop import eventhub
+from transcription.events import ALL_RUNS_CHANNEL, run_channel, user_channel
 from transcription.models import RunStatus, TranscriptRun
-from transcription.sse import current_event_id
+from transcription.representations import progress_object
 
 RUNS_PER_PAGE = 50
 AUDIO_CHUNK_BYTES = 256 * 1024
@@ -95,7 +96,7 @@ def upload_page(request: HttpRequest) -> HttpResponse:
 @login_required
 def runs_page(request: HttpRequest) -> HttpResponse:
     channel = ALL_RUNS_CHANNEL if request.user.is_staff else user_channel(request.user.pk)
-    last_event_id = current_event_id(channel)
+    last_event_id = eventhub.current_id(channel)
     page = Paginator(visible_runs(request).order_by("-created_at"), RUNS_PER_PAGE).get_page(
         request.GET.get("page")
     )
@@ -113,7 +114,7 @@ def runs_page(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def run_page(request: HttpRequest, run_id: uuid.UUID) -> HttpResponse:
-    last_event_id = current_event_id(run_channel(run_id))
+    last_event_id = eventhub.current_id(run_channel(run_id))
     run = get_visible_run(request, run_id)
     segments = [
         {

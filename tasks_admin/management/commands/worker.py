@@ -1,22 +1,37 @@
 """`python manage.py worker`: a django-q2 cluster working through the job table.
 
 This process registers the cluster in the `worker` table, starts django-q2's sentinel (which
-forks the worker processes, the pusher and the monitor) and then beats `last_seen` every few
-seconds. SIGTERM or SIGINT (Ctrl-C) stops it gracefully: the cluster claims nothing new,
-running jobs may finish for WORKER_SHUTDOWN_GRACE_SECONDS, then they are handed back to the
-queue at their next safe point; a process that does not stop soon after is killed and its job
-handed back. Nothing is left `processing` without a live lease.
+forks the worker processes, the pusher and the monitor) and then runs the cluster's loop: a
+plain loop of small units, each on its own schedule and in its own try/except, so one that
+fails (logged at ERROR with its traceback) never stops the others:
+
+- beat: `last_seen`, so operators and other clusters see this one alive;
+- reap expired leases: jobs whose worker died go back to the queue (or fail when spent);
+- periodic jobs: queue those that are due (only while this cluster is running);
+- forget stale workers: rows of clusters that died without cleaning up;
+- prune finished jobs older than JOB_RETENTION_DAYS;
+- the housekeeping other apps registered (delivering stranded outbox events).
+
+django-q2's pusher only picks (tasks_admin.broker); the worker processes only run attempts
+(tasks_admin.runner). SIGTERM or SIGINT (Ctrl-C) only sets a flag; the loop then stops the
+cluster gracefully: it claims nothing new, running jobs may finish for
+WORKER_SHUTDOWN_GRACE_SECONDS, then they are handed back to the queue at their next safe
+point; a process that does not stop soon after is killed and its job handed back. Nothing is
+left `processing` without a live lease.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -27,9 +42,16 @@ from django.db import close_old_connections, connection
 from django.utils import timezone
 from django_q.cluster import Cluster
 
-from tasks_admin.handlers import run_housekeeping
-from tasks_admin.models import Worker, WorkerState
-from tasks_admin.runner import CLUSTER_ENV, enqueue_periodic_jobs, hand_back_all
+from tasks_admin.handlers import housekeeping
+from tasks_admin.models import Job, Worker, WorkerState
+from tasks_admin.runner import (
+    CLUSTER_ENV,
+    enqueue_periodic_jobs,
+    hand_back_all,
+    reap_expired_leases,
+)
+
+logger = logging.getLogger(__name__)
 
 BEAT_SECONDS = 2.0
 # After the grace period, how long a job gets to reach its next safe point before its
@@ -58,6 +80,53 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+@dataclass
+class Unit:
+    """One small step of the loop, run at most every `every` seconds."""
+
+    name: str
+    do: Callable[[], object]
+    every: float = BEAT_SECONDS
+    next_at: float = 0.0
+
+
+def units(worker: Worker) -> list[Unit]:
+    def beat() -> None:
+        Worker.objects.filter(pk=worker.pk).update(last_seen=timezone.now())
+
+    def periodic_jobs() -> None:
+        if Worker.objects.filter(pk=worker.pk, state=WorkerState.RUNNING).exists():
+            enqueue_periodic_jobs()
+
+    return [
+        # Drops a connection that a failed unit left broken, so the next units reconnect.
+        Unit("close broken connections", close_old_connections),
+        Unit("beat", beat),
+        Unit("reap expired leases", reap_expired_leases, every=5.0),
+        Unit("enqueue periodic jobs", periodic_jobs, every=10.0),
+        Unit("forget stale workers", Worker.objects.forget_stale, every=60.0),
+        Unit("prune finished jobs", prune_finished_jobs, every=3600.0),
+        *(Unit(getattr(task, "__name__", str(task)), task) for task in housekeeping()),
+    ]
+
+
+def prune_finished_jobs() -> int:
+    return Job.objects.prune_finished(days=settings.JOB_RETENTION_DAYS)
+
+
+def run_due(loop: list[Unit]) -> None:
+    """Run each unit whose time has come; one that raises is logged and the rest still run."""
+    for unit in loop:
+        now = time.monotonic()
+        if now < unit.next_at:
+            continue
+        unit.next_at = now + unit.every
+        try:
+            unit.do()
+        except Exception:
+            logger.exception("worker loop: %s failed", unit.name)
+
+
 class Command(BaseCommand):
     help = "Start a worker cluster that claims jobs from the job table."
 
@@ -80,15 +149,16 @@ class Command(BaseCommand):
         # Cluster() installed django-q2's handlers; ours only set a flag, the loop does the rest.
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, lambda *_: stop.set())
+        loop = units(worker)
         try:
             cluster.start()
             while not stop.is_set() and cluster.sentinel.is_alive():
-                self._beat(worker)
+                run_due(loop)
                 stop.wait(BEAT_SECONDS)
-            self._stop(worker, cluster)
+            self._stop(worker, cluster, loop)
         finally:
             close_old_connections()
-            released = hand_back_all(worker.holder_prefix, reason="its worker stopped")
+            released = hand_back_all(worker.id, reason="its worker stopped")
             Worker.objects.filter(pk=worker.pk).delete()
             self.stdout.write(
                 f"LingoLoop worker {worker.id} stopped"
@@ -109,15 +179,7 @@ class Command(BaseCommand):
             f"{'Redis' if settings.REDIS_URL else 'the database'}."
         )
 
-    @staticmethod
-    def _beat(worker: Worker) -> None:
-        close_old_connections()
-        Worker.objects.filter(pk=worker.pk).update(last_seen=timezone.now())
-        if Worker.objects.filter(pk=worker.pk, state=WorkerState.RUNNING).exists():
-            enqueue_periodic_jobs()
-        run_housekeeping()
-
-    def _stop(self, worker: Worker, cluster: Cluster) -> None:
+    def _stop(self, worker: Worker, cluster: Cluster, loop: list[Unit]) -> None:
         grace = settings.WORKER_SHUTDOWN_GRACE_SECONDS
         deadline = timezone.now() + timedelta(seconds=grace)
         Worker.objects.filter(pk=worker.pk).update(
@@ -131,7 +193,7 @@ class Command(BaseCommand):
         stopper.start()
         hard_stop = time.monotonic() + grace + HARD_STOP_SECONDS
         while stopper.is_alive():
-            self._beat(worker)
+            run_due(loop)
             if time.monotonic() > hard_stop:
                 for pid in reversed(descendants(os.getpid())):
                     with contextlib.suppress(ProcessLookupError):

@@ -1,0 +1,48 @@
+"""What the domain says when it refuses a request: no HTTP here.
+
+Services and the probe raise these; the API layer (lingoloop.errors) turns each kind into its
+status code and the API's error shape, and the admin shows the message. So the same refusal
+reads the same wherever it is met, and domain code never decides a status code.
+"""
+
+from __future__ import annotations
+
+
+class Refused(Exception):
+    """A request the service will not carry out, with a reason the user can act on.
+
+    `code` is stable and machine-readable; `message` is a sentence fit to show the user;
+    `field` names the input it concerns, if one does.
+    """
+
+    def __init__(self, code: str, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.field = field
+
+
+class Invalid(Refused):
+    """The request itself is wrong: a missing, malformed or contradictory option."""
+
+
+class NotAudio(Refused):
+    """The file is not a kind of audio the service reads."""
+
+
+class Unprocessable(Refused):
+    """The file is audio, but not audio that can be transcribed (empty, truncated, too long)."""
+
+
+class Conflict(Refused):
+    """The thing asked for does not fit the current state (cancel a finished run, say)."""
+
+
+class LimitReached(Refused):
+    """A per-user limit; the same request may succeed after `retry_after` seconds."""
+
+    def __init__(
+        self, code: str, message: str, *, retry_after: int, field: str | None = None
+    ) -> None:
+        super().__init__(code, message, field=field)
+        self.retry_after = max(1, retry_after)

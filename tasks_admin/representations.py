@@ -1,0 +1,88 @@
+"""What the queue API answers: DRF output serializers that build each response and that
+drf-spectacular documents, so the shape is written down once."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from rest_framework import serializers
+
+from lingoloop.timefmt import iso_utc
+from tasks_admin.models import JobStatus, WorkerState
+
+
+class UtcDateTimeField(serializers.DateTimeField):
+    """A time as every time in the API: ISO 8601 in UTC with a Z."""
+
+    def to_representation(self, value: datetime) -> str | None:  # type: ignore[override]
+        return iso_utc(value)
+
+
+class WorkerJobSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    jobType = serializers.CharField(source="job_type")
+    runId = serializers.UUIDField(source="run_id", allow_null=True)
+    lockedBy = serializers.CharField(
+        source="locked_by", help_text="The worker process that holds the job's lease."
+    )
+    leaseUntil = UtcDateTimeField(source="locked_until", allow_null=True)
+    heartbeatAt = UtcDateTimeField(
+        source="heartbeat_at", allow_null=True, help_text="When that process last renewed it."
+    )
+
+
+class WorkerStatusSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    host = serializers.CharField()
+    pid = serializers.IntegerField()
+    processes = serializers.IntegerField(help_text="Worker processes in this cluster.")
+    state = serializers.ChoiceField(choices=WorkerState.choices)
+    alive = serializers.BooleanField(
+        source="is_alive", help_text="Seen within WORKER_STALE_SECONDS."
+    )
+    startedAt = UtcDateTimeField(source="started_at")
+    lastSeen = UtcDateTimeField(source="last_seen")
+    jobsDone = serializers.IntegerField(source="jobs_done")
+    # Set on each worker by tasks_admin.models.with_current_jobs (one query for all).
+    currentJobs = WorkerJobSerializer(source="current_jobs", many=True)
+
+
+class WorkersSerializer(serializers.Serializer):
+    workers = WorkerStatusSerializer(many=True)
+
+
+class JobCountsSerializer(serializers.Serializer):
+    queued = serializers.IntegerField(min_value=0)
+    processing = serializers.IntegerField(min_value=0)
+    succeeded = serializers.IntegerField(min_value=0)
+    failed = serializers.IntegerField(min_value=0)
+    cancelled = serializers.IntegerField(min_value=0)
+
+    def to_representation(self, instance: dict[str, int]) -> dict[str, Any]:
+        """Every status, 0 when no job has it."""
+        return super().to_representation({s: instance.get(s, 0) for s in JobStatus.values})
+
+
+class StatsSerializer(serializers.Serializer):
+    jobs = JobCountsSerializer(help_text="Jobs by status.")
+    queueDepth = serializers.IntegerField(
+        source="queue_depth", min_value=0, help_text="Queued jobs that are due."
+    )
+    oldestQueuedAgeSeconds = serializers.FloatField(
+        source="oldest_queued_age_seconds",
+        allow_null=True,
+        help_text="Age of the oldest due queued job; null when none.",
+    )
+    workersAlive = serializers.IntegerField(source="workers_alive", min_value=0)
+
+
+class HealthSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(
+        choices=["ok", "degraded", "error"],
+        help_text="degraded: the database answers but no worker is alive.",
+    )
+    database = serializers.CharField(help_text='"ok", or "error: …".')
+    workersAlive = serializers.IntegerField(
+        source="workers_alive", allow_null=True, help_text="null when unknown."
+    )

@@ -1,0 +1,288 @@
+"""What the transcription API answers, in one place: DRF output serializers.
+
+They build every JSON body of the API (the progress object, the run, a page of runs, the
+transcript JSON, the token answer) and the `data` of every run event, and drf-spectacular
+documents the API from them: the shape is written once. DESIGN.md ("HTTP API", "Events") is
+the contract they keep.
+
+Whatever a serializer needs beyond the run's own rows (queue positions, worker processes,
+recent speed, events tokens) is read once for all the runs of an answer and handed over in
+the serializer's context (`progress_context`, `run_context`): a page of runs costs the same
+few queries whatever it holds. Runs come with their audio and jobs (`with_relations`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import UTC
+from typing import Any
+
+from django.db.models import QuerySet
+from django.urls import reverse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from tasks_admin.models import JobStatus
+from transcription.models import QueueSnapshot, RunMode, RunStatus, Task, TranscriptRun
+from transcription.tokens import events_token_for
+
+
+def with_relations(runs: QuerySet[TranscriptRun]) -> QuerySet[TranscriptRun]:
+    """What the serializers read of a run besides its own row, in two queries for any number."""
+    return runs.select_related("audio").prefetch_related("jobs")
+
+
+# --- Fields ---------------------------------------------------------------------------------
+
+
+class UtcDateTimeField(serializers.DateTimeField):
+    """ISO 8601 in UTC with a Z, whatever time zone is active."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(default_timezone=UTC, **kwargs)
+
+
+@extend_schema_field(serializers.CharField(allow_null=True))
+class BlankAsNullField(serializers.Field[str, str, str | None, Any]):
+    """A text column that is "" when unset, answered as null."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(allow_null=True, **kwargs)
+
+    def to_representation(self, value: str) -> str | None:
+        return value or None
+
+
+@extend_schema_field(serializers.FloatField(min_value=0, max_value=100, help_text="Percent."))
+class PercentField(serializers.Field[float, float, float, Any]):
+    def to_representation(self, value: float) -> float:
+        return round(value, 1)
+
+
+@extend_schema_field(OpenApiTypes.STR)
+class RunUrlField(serializers.Field[Any, Any, str, Any]):
+    """The path of one of the run's endpoints: `/api/runs/{runId}/…`."""
+
+    def __init__(self, view_name: str, **kwargs: Any) -> None:
+        self.view_name = view_name
+        super().__init__(source="pk", **kwargs)
+
+    def to_representation(self, value: Any) -> str:
+        return reverse(self.view_name, args=[value])
+
+
+# --- The progress object --------------------------------------------------------------------
+
+
+class AudioSummarySerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    filename = serializers.CharField(
+        source="original_filename", help_text="The client's filename, sanitized; display only."
+    )
+    durationMs = serializers.IntegerField(source="duration_ms")
+    sizeBytes = serializers.IntegerField(source="size_bytes")
+
+
+class RunJobSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    jobType = serializers.CharField(source="job_type")
+    status = serializers.ChoiceField(choices=JobStatus.choices)
+    attempts = serializers.IntegerField()
+    runAfter = UtcDateTimeField(source="run_after", help_text="Not started before this time.")
+    lastError = BlankAsNullField(source="last_error")
+
+
+class RunErrorSerializer(serializers.Serializer):
+    """Why the run failed (or an attempt of it did); null while there is nothing to say."""
+
+    code = serializers.CharField(source="error_code")
+    message = serializers.CharField(source="error_message", allow_blank=True)
+
+    def get_attribute(self, instance: TranscriptRun) -> TranscriptRun | None:
+        return instance if instance.status == RunStatus.FAILED or instance.error_code else None
+
+
+class RunLinksSerializer(serializers.Serializer):
+    self = RunUrlField("run-detail")
+    events = RunUrlField("run-events")
+    transcript = RunUrlField("run-transcript")
+
+
+# Context (docstrings are the schema's descriptions): `queue`, a QueueSnapshot that covers the
+# run (`progress_context`).
+class ProgressSerializer(serializers.Serializer):
+    """The progress object: `GET /api/runs/{runId}/progress` and the `data` of run events."""
+
+    runId = serializers.UUIDField(source="id")
+    audioId = serializers.UUIDField(source="audio_id")
+    status = serializers.ChoiceField(choices=RunStatus.choices)
+    mode = serializers.ChoiceField(choices=RunMode.choices)
+    progress = PercentField()
+    queuePosition = serializers.SerializerMethodField(
+        help_text="1 is next in line; 0 when the run is not waiting in the queue."
+    )
+    timeElapsed = serializers.IntegerField(
+        source="elapsed_ms",
+        allow_null=True,
+        help_text="Milliseconds since processing started; null before.",
+    )
+    estimatedTimeRemaining = serializers.SerializerMethodField(
+        help_text="Seconds; null until it can be estimated."
+    )
+    attempts = serializers.IntegerField(source="attempts_used", min_value=0)
+    maxAttempts = serializers.IntegerField(source="max_attempts", min_value=0)
+    audio = AudioSummarySerializer()
+    jobs = RunJobSerializer(source="jobs_oldest_first", many=True)
+    error = RunErrorSerializer(source="*", allow_null=True)
+    links = RunLinksSerializer(source="*")
+
+    @extend_schema_field(serializers.IntegerField(min_value=0))
+    def get_queuePosition(self, run: TranscriptRun) -> int:
+        queue: QueueSnapshot = self.context["queue"]
+        return queue.position(run)
+
+    @extend_schema_field(serializers.IntegerField(min_value=0, allow_null=True))
+    def get_estimatedTimeRemaining(self, run: TranscriptRun) -> int | None:
+        return run.estimated_seconds_remaining(self.context["queue"])
+
+
+# --- The run --------------------------------------------------------------------------------
+
+
+class RunOptionsSerializer(serializers.Serializer):
+    model = serializers.CharField()
+    language = BlankAsNullField(help_text="As asked for; null: detect.")
+    task = serializers.ChoiceField(choices=Task.choices)
+    wordTimestamps = serializers.BooleanField(source="word_timestamps")
+    vadFilter = serializers.BooleanField(source="vad_filter")
+    beamSize = serializers.IntegerField(source="beam_size")
+    initialPrompt = BlankAsNullField(source="initial_prompt")
+
+
+class WordSerializer(serializers.Serializer):
+    start = serializers.FloatField()
+    end = serializers.FloatField()
+    word = serializers.CharField(allow_blank=True)
+    probability = serializers.FloatField()
+
+
+class SegmentSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    start = serializers.FloatField(help_text="Seconds.")
+    end = serializers.FloatField(help_text="Seconds.")
+    text = serializers.CharField(allow_blank=True)
+    words = WordSerializer(many=True, required=False, help_text="With wordTimestamps only.")
+
+
+# Segments are stored as the engine made them (JSON); they are answered as stored, and these
+# serializers only describe them.
+@extend_schema_field(SegmentSerializer(many=True))
+class SegmentsField(serializers.JSONField):
+    pass
+
+
+# What a run carries once it has succeeded, and only then.
+RESULT_FIELDS = ("text", "segments", "language", "languageProbability")
+
+
+# Context: `queue` (as ProgressSerializer) and `events_tokens`, the events token of each owner
+# (`run_context`).
+class RunSerializer(ProgressSerializer):
+    """A run as the API returns it: the progress object, its options and, once it has
+    succeeded, its transcript."""
+
+    createdAt = UtcDateTimeField(source="created_at")
+    startedAt = UtcDateTimeField(source="started_at", allow_null=True)
+    finishedAt = UtcDateTimeField(source="finished_at", allow_null=True)
+    options = RunOptionsSerializer(source="*")
+    priority = serializers.IntegerField()
+    callbackUrl = BlankAsNullField(source="callback_url")
+    eventsToken = serializers.SerializerMethodField(
+        help_text="A signed, read-only token for `?access_token=` on the event streams; it "
+        "expires after EVENTS_TOKEN_TTL seconds."
+    )
+    text = serializers.CharField(required=False, allow_blank=True, help_text="Succeeded only.")
+    segments = SegmentsField(required=False, help_text="Succeeded only.")
+    language = serializers.CharField(
+        source="detected_language",
+        required=False,
+        allow_blank=True,
+        help_text="Detected language; succeeded only.",
+    )
+    languageProbability = serializers.FloatField(
+        source="language_probability",
+        required=False,
+        allow_null=True,
+        help_text="Succeeded only.",
+    )
+
+    def get_eventsToken(self, run: TranscriptRun) -> str:
+        tokens: dict[int, str] = self.context["events_tokens"]
+        return tokens[run.owner_id]
+
+    def to_representation(self, instance: TranscriptRun) -> dict[str, Any]:
+        data: dict[str, Any] = super().to_representation(instance)
+        if instance.status != RunStatus.SUCCEEDED:
+            for name in RESULT_FIELDS:
+                del data[name]
+        return data
+
+
+class RunPageSerializer(serializers.Serializer):
+    """One page of runs (`?limit=&offset=`), newest first."""
+
+    count = serializers.IntegerField(min_value=0)
+    next = serializers.CharField(allow_null=True, help_text="URL of the next page.")
+    previous = serializers.CharField(allow_null=True, help_text="URL of the previous page.")
+    results = RunSerializer(many=True)
+
+
+class TranscriptJsonSerializer(serializers.Serializer):
+    """`?format=json` of the transcript endpoint."""
+
+    runId = serializers.UUIDField(source="id")
+    language = serializers.CharField(source="detected_language", allow_blank=True)
+    languageProbability = serializers.FloatField(source="language_probability", allow_null=True)
+    durationMs = serializers.IntegerField(source="audio.duration_ms")
+    text = serializers.CharField(allow_blank=True)
+    segments = SegmentsField()
+
+
+class TokenAnswerSerializer(serializers.Serializer):
+    token = serializers.CharField(
+        source="key", help_text="Send it as `Authorization: Bearer <token>`."
+    )
+
+
+# --- Context, read once per answer ------------------------------------------------------------
+
+
+def progress_context(runs: Iterable[TranscriptRun]) -> dict[str, Any]:
+    return {"queue": QueueSnapshot.of(runs)}
+
+
+def run_context(runs: Sequence[TranscriptRun]) -> dict[str, Any]:
+    # One events token per owner, not per run: each costs a look-up of the API token.
+    owners = {run.owner_id for run in runs}
+    return {
+        **progress_context(runs),
+        "events_tokens": {owner: events_token_for(owner) for owner in owners},
+    }
+
+
+def progress_object(run: TranscriptRun, *, queue: QueueSnapshot | None = None) -> dict[str, Any]:
+    """The progress object of one run. `queue`: when the caller has read the queue already
+    (an event pass over many runs)."""
+    context = progress_context([run]) if queue is None else {"queue": queue}
+    return dict(ProgressSerializer(run, context=context).data)
+
+
+def progress_objects(runs: Sequence[TranscriptRun]) -> list[dict[str, Any]]:
+    """The progress objects of many runs, in a fixed number of queries."""
+    serializer = ProgressSerializer(runs, many=True, context=progress_context(runs))
+    return [dict(item) for item in serializer.data]
+
+
+def run_object(run: TranscriptRun) -> dict[str, Any]:
+    return dict(RunSerializer(run, context=run_context([run])).data)
