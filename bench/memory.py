@@ -32,117 +32,49 @@ anywhere in the cluster). Per-size RSS timelines (CSV) are written to the data d
 
 Time: tiny.en runs at roughly 15-20x real time on 2 cores, so 2 h of audio takes 6-10 minutes.
 
+Issue 11's memory figures are `python -m bench memory` (`service_memory` below): the web
+process's RSS before it first transcribes (target <= 150 MiB) and after a sync transcription
+(<= 300 MiB), and a worker's RSS after 100 jobs against after 10 (within 10 %).
+
 Usage:
   .venv/bin/python bench/memory.py [--sizes 1,30,120] [--batch N] [--keep]
   WHISPER_BATCH_SIZE=8 .venv/bin/python bench/memory.py --sizes 1,30
+  .venv/bin/python -m bench memory [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import math
 import os
 import re
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-ROOT = Path(__file__).resolve().parent.parent
-JFK = ROOT / "tests" / "data" / "jfk.flac"
-CACHE = ROOT / "bench" / ".cache"
+from bench.harness import (
+    JFK,
+    AudioFile,
+    Service,
+    Stack,
+    fresh_stack,
+    log,
+    manage,
+    process_tree,
+    repeats_for,
+    speech_file,
+    status_mib,
+    whisper_alone,
+)
+
 PHRASE = "ask not what your country"
-RATE = 16000
-OPUS_BIT_RATE = 24000
 SAMPLE_SECONDS = 0.2
 TARGET_MIB = 100
-TERMINAL = ("succeeded", "failed", "cancelled")
-
-
-# --- Audio ---------------------------------------------------------------------------------
-
-
-def speech_unit() -> Any:
-    """jfk.flac as 16 kHz mono s16 samples, followed by one second of silence: shape (1, n)."""
-    import av
-    import numpy as np
-
-    resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
-    chunks: list[Any] = []
-    with av.open(str(JFK)) as source:
-        for frame in source.decode(audio=0):
-            chunks.extend(f.to_ndarray() for f in resampler.resample(frame))
-    chunks.extend(f.to_ndarray() for f in resampler.resample(None))
-    chunks.append(np.zeros((1, RATE), dtype=np.int16))
-    return np.concatenate(chunks, axis=1)
-
-
-@dataclass
-class AudioFile:
-    minutes: float
-    path: Path
-    repeats: int
-    seconds: float
-
-
-def build_audio(minutes: float) -> AudioFile:
-    """The speech unit repeated to last `minutes`, as Ogg Opus, encoded one unit at a time."""
-    import av
-
-    unit = speech_unit()
-    unit_seconds = unit.shape[1] / RATE
-    repeats = math.ceil(minutes * 60 / unit_seconds)
-    path = CACHE / f"jfk-{minutes:g}min-opus{OPUS_BIT_RATE // 1000}k.ogg"
-    if not path.exists():
-        CACHE.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial")
-        with av.open(str(partial), "w", format="ogg") as out:
-            stream = out.add_stream("libopus", rate=RATE, layout="mono")
-            stream.bit_rate = OPUS_BIT_RATE
-            for i in range(repeats):
-                frame = av.AudioFrame.from_ndarray(unit, format="s16", layout="mono")
-                frame.sample_rate = RATE
-                frame.pts = i * unit.shape[1]
-                out.mux(stream.encode(frame))
-            out.mux(stream.encode(None))
-        partial.rename(path)
-    return AudioFile(minutes, path, repeats, repeats * unit_seconds)
-
-
-# --- Memory, from /proc ---------------------------------------------------------------------
-
-
-def status_mib(pid: int, key: str) -> float | None:
-    """A `VmRSS`/`VmHWM` line of /proc/<pid>/status in MiB; None once the process is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(f"{key}:"):
-                return int(line.split()[1]) / 1024
-    except (OSError, ValueError):
-        return None
-    return None
-
-
-def process_tree(pid: int) -> list[int]:
-    """`pid` and every process below it, from /proc/<pid>/task/*/children."""
-    found = [pid]
-    for parent in found:  # grows while we walk it
-        for children in Path(f"/proc/{parent}/task").glob("*/children"):
-            with contextlib.suppress(OSError):
-                found.extend(int(child) for child in children.read_text().split())
-    return found
 
 
 class Sampler(threading.Thread):
@@ -188,39 +120,6 @@ class Sampler(threading.Thread):
 # --- The service ----------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def manage(env: dict[str, str], *args: str) -> str:
-    """`manage.py <args>`; its last line of output."""
-    out = subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    return out.splitlines()[-1] if out else ""
-
-
-def create_token(env: dict[str, str]) -> str:
-    username = f"bench-memory-{uuid.uuid4().hex[:8]}"
-    return manage(
-        env,
-        "shell",
-        "-v0",
-        "-c",
-        "from django.contrib.auth.models import User\n"
-        "from rest_framework.authtoken.models import Token\n"
-        f"u = User.objects.create_user({username!r}, password='bench-pass-1')\n"
-        "print(Token.objects.create(user=u).key)",
-    )
-
-
 def job_pid(env: dict[str, str], run_id: str) -> int | None:
     """The pid of the worker process that ran the run's job (`locked_by` = cluster:host:pid)."""
     holder = manage(
@@ -236,91 +135,12 @@ def job_pid(env: dict[str, str], run_id: str) -> int | None:
     return int(pid) if pid.isdigit() else None
 
 
-def wait_for(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
-
-
-class Service:
-    """One web process and one worker cluster, with their logs in the data directory."""
-
-    def __init__(self, env: dict[str, str], logs: Path, label: str) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.web = self._start(
-            env,
-            logs / f"web-{label}.log",
-            ["-m", "lingoloop.server", "-b", "127.0.0.1", "-p", str(self.port)],
-        )
-        worker_log = logs / f"worker-{label}.log"
-        self.worker = self._start(env, worker_log, ["manage.py", "worker"])
-        wait_for(self._healthy, 60, "the web server to answer")
-        wait_for(lambda: "running." in worker_log.read_text(errors="replace"), 60, "the worker")
-
-    @staticmethod
-    def _start(env: dict[str, str], log: Path, args: list[str]) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [sys.executable, *args],
-            cwd=ROOT,
-            env=env,
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def _healthy(self) -> bool:
-        if self.web.poll() is not None:
-            raise RuntimeError("the web process exited; see its log in the data directory")
-        try:
-            return httpx.get(f"{self.base}/api/health", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL to whatever is left of each process group."""
-        for process in (self.worker, self.web):
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in (self.worker, self.web):
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=60)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
-def transcribe(base: str, token: str, audio: AudioFile) -> dict[str, Any]:
-    """Upload with mode=async and poll the run until it ends (deadline: half real time)."""
-    headers = {"Authorization": f"Bearer {token}"}
-    with audio.path.open("rb") as handle:
-        answer = httpx.post(
-            f"{base}/api/transcribe",
-            headers=headers,
-            files={"file": (audio.path.name, handle, "audio/ogg")},
-            data={"mode": "async"},
-            timeout=300,
-        )
-    if answer.status_code != 202:
-        raise RuntimeError(f"upload answered {answer.status_code}: {answer.text[:300]}")
-    url = f"{base}/api/runs/{answer.json()['runId']}"
-    deadline = time.monotonic() + 120 + audio.seconds / 2
-    while True:
-        run: dict[str, Any] = httpx.get(url, headers=headers, timeout=30).json()
-        if run["status"] in TERMINAL:
-            return run
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"run {run['runId']} still {run['status']} at the deadline")
-        time.sleep(1)
-
-
 # --- One size -------------------------------------------------------------------------------
 
 
 @dataclass
 class Result:
+    minutes: float  # the size asked for
     audio: AudioFile
     status: str
     wall_seconds: float  # upload sent -> run seen finished
@@ -357,29 +177,31 @@ def run_seconds(run: dict[str, Any]) -> float:
     return (datetime.fromisoformat(run["finishedAt"]) - started).total_seconds()
 
 
-def measure(audio: AudioFile, env: dict[str, str], token: str, data_dir: Path) -> Result:
-    label = f"{audio.minutes:g}min"
-    service = Service(env, data_dir / "logs", label)
-    try:
+def measure_size(stack: Stack, minutes: float) -> Result:
+    """One size on a fresh web process and worker, sampled from upload to the run's end."""
+    audio = speech_file(repeats_for(minutes))
+    log(f"transcribing {audio.path.name} ({audio.path.stat().st_size / 2**20:.1f} MiB)...")
+    label = f"{minutes:g}min"
+    with Service.start(stack, label) as service:
         sampler = Sampler(service.web.pid, service.worker.pid)
         sampler.start()
         started = time.monotonic()
         try:
-            run = transcribe(service.base, token, audio)
+            run_id = service.submit(audio.path)["runId"]
+            run = service.wait_finished([run_id], timeout=120 + audio.seconds / 2, every=1)[0]
         finally:
             wall = time.monotonic() - started
             sampler.stop()
-        pid = job_pid(env, run["runId"])
+        pid = job_pid(stack.env, run["runId"])
         worker_hwm = status_mib(pid, "VmHWM") if pid else None
         web_hwm = status_mib(service.web.pid, "VmHWM")
-    finally:
-        service.stop()
-    sampler.write_csv(data_dir / f"rss-{label}.csv", pid)
+    sampler.write_csv(stack.data_dir / f"rss-{label}.csv", pid)
 
     worker_sampled, peak_at = sampler.peak_of(pid) if pid else (0.0, 0.0)
     segments = run.get("segments") or []
     text = " ".join(re.findall(r"[a-z']+", (run.get("text") or "").lower()))
     result = Result(
+        minutes=minutes,
         audio=audio,
         status=run["status"],
         wall_seconds=wall,
@@ -401,6 +223,49 @@ def measure(audio: AudioFile, env: dict[str, str], token: str, data_dir: Path) -
     return result
 
 
+# --- Issue 11: the web process before and after it transcribes, a worker over many jobs ----
+
+
+def service_memory(first: int, total: int) -> dict[str, Any]:
+    """RSS of the web process before it first transcribes (it has probed `total` async
+    uploads by then) and after one sync transcription; RSS of the worker's job process after
+    `first` jobs and after `total`; faster-whisper alone's RSS after one pass, for scale."""
+    with fresh_stack("memory", MAX_CONCURRENT_JOBS="1") as stack:
+        raw = whisper_alone(JFK, 1, stack.env)
+        with Service.start(stack) as service:
+            web_started = service.web_rss()
+            ids = [run["runId"] for run in service.submit_many(JFK, first)]
+            service.wait_finished(ids, timeout=60 + 30 * first)
+            worker_first = service.job_process_rss()
+            ids = [run["runId"] for run in service.submit_many(JFK, total - first)]
+            service.wait_finished(ids, timeout=60 + 30 * total)
+            worker_total = service.job_process_rss()
+            web_before = service.web_rss()
+            sync = service.submit(JFK, expect=201, mode="sync")
+            web_after = service.web_rss()
+            web_peak = status_mib(service.web.pid, "VmHWM")
+        return {
+            "database": stack.database,
+            "events": stack.events,
+            "whisper_alone_rss_mib": raw.rss_mib,
+            "web_rss_mib": {
+                "started": round(web_started, 1),
+                "before_transcribing": round(web_before, 1),
+                "after_transcribing": round(web_after, 1),
+                "peak": round(web_peak or 0.0, 1),
+            },
+            "sync_status": sync["status"],
+            "worker_jobs": [first, total],
+            "worker_rss_mib": [round(worker_first, 1), round(worker_total, 1)],
+            "worker_growth_percent": round(100 * (worker_total - worker_first) / worker_first, 1),
+        }
+
+
+def measure(*, quick: bool = False) -> dict[str, Any]:
+    """The registry's entry (`python -m bench memory`): after 10 and 100 jobs (--quick: 30)."""
+    return service_memory(10, 30 if quick else 100)
+
+
 # --- Report ---------------------------------------------------------------------------------
 
 
@@ -418,7 +283,7 @@ def print_report(results: list[Result], batch: str) -> None:
     print("-" * len(header))
     for r in results:
         print(
-            f"{r.audio.minutes:>5g}m {r.audio.seconds / 60:>7.1f}m {r.wall_seconds:>8.1f} "
+            f"{r.minutes:>5g}m {r.audio.seconds / 60:>7.1f}m {r.wall_seconds:>8.1f} "
             f"{r.job_seconds:>7.1f} {r.audio.seconds / r.wall_seconds:>6.1f} "
             f"{r.worker_peak:>11.0f} {r.peak_at:>10.1f} "
             f"{r.tree_peak:>9.0f} {r.web_peak:>8.0f} "
@@ -443,12 +308,45 @@ def print_report(results: list[Result], batch: str) -> None:
     ):
         verdict = "PASS" if grow <= TARGET_MIB else "FAIL"
         print(
-            f"{name}: {large.audio.minutes:g} min - {small.audio.minutes:g} min peak: "
+            f"{name}: {large.minutes:g} min - {small.minutes:g} min peak: "
             f"{grow:+.0f} MiB ({grow / hours:+.0f} MiB per hour of audio); "
             f"target <= {TARGET_MIB} MiB: {verdict}"
         )
     if not all(r.transcript_ok for r in results):
         print("WARNING: a transcript did not look real (see the ok column): figures are suspect.")
+
+
+def peaks(sizes: list[float], batch: str, *, keep: bool = False) -> list[Result]:
+    """Each size through its own fresh web process and worker, on one data directory."""
+    env = {
+        "POLL_INTERVAL": "100",
+        "MAX_CONCURRENT_JOBS": "1",
+        "WHISPER_CPU_THREADS": "2",
+        "WHISPER_BATCH_SIZE": batch,
+        # The default 1800 s per attempt is too short for 2 h of audio on a busy machine.
+        "JOB_TIMEOUT": "7200",
+    }
+    with fresh_stack("membench", keep=keep, **env) as stack:
+        return [measure_size(stack, minutes) for minutes in sorted(sizes)]
+
+
+def measure_peaks(*, quick: bool = False) -> dict[str, Any]:
+    """The registry's entry (`python -m bench peaks`): 1, 30 and 120 min (--quick: 1 and 5)."""
+    batch = os.environ.get("WHISPER_BATCH_SIZE", "0")
+    results = peaks([1, 5] if quick else [1, 30, 120], batch)
+    return {
+        "sizes": [
+            {
+                "minutes": r.minutes,
+                "worker_peak_mib": round(r.worker_peak, 1),
+                "web_peak_mib": round(r.web_peak, 1),
+                "transcript_ok": r.transcript_ok,
+            }
+            for r in results
+        ],
+        "worker_growth_mib": round(results[-1].worker_peak - results[0].worker_peak, 1),
+        "web_growth_mib": round(results[-1].web_peak - results[0].web_peak, 1),
+    }
 
 
 def main() -> None:
@@ -459,41 +357,7 @@ def main() -> None:
     args = parser.parse_args()
     sizes = sorted(float(s) for s in args.sizes.split(","))
     batch = str(args.batch) if args.batch is not None else os.environ.get("WHISPER_BATCH_SIZE", "0")
-
-    data_dir = Path(tempfile.mkdtemp(prefix="lingoloop-membench-"))
-    (data_dir / "logs").mkdir()
-    env = {
-        **os.environ,
-        "DATA_DIR": str(data_dir),
-        "POLL_INTERVAL": "100",
-        "LOG_LEVEL": "INFO",
-        "PYTHONUNBUFFERED": "1",
-        "MAX_CONCURRENT_JOBS": "1",
-        "WHISPER_CPU_THREADS": "2",
-        "WHISPER_BATCH_SIZE": batch,
-        # The default 1800 s per attempt is too short for 2 h of audio on a busy machine.
-        "JOB_TIMEOUT": "7200",
-    }
-    results = []
-    try:
-        manage(env, "migrate", "-v0")
-        token = create_token(env)
-        for minutes in sizes:
-            print(f"building {minutes:g} min of speech...", file=sys.stderr, flush=True)
-            audio = build_audio(minutes)
-            size_mib = audio.path.stat().st_size / 2**20
-            print(
-                f"transcribing {audio.path.name} ({size_mib:.1f} MiB)...",
-                file=sys.stderr,
-                flush=True,
-            )
-            results.append(measure(audio, env, token, data_dir))
-    finally:
-        if args.keep:
-            print(f"data directory kept: {data_dir}", file=sys.stderr)
-        else:
-            shutil.rmtree(data_dir, ignore_errors=True)
-    print_report(results, batch)
+    print_report(peaks(sizes, batch, keep=args.keep), batch)
 
 
 if __name__ == "__main__":

@@ -39,14 +39,11 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
 import shutil
 import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -55,19 +52,32 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse, urlunparse
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-FORBIDDEN_DATABASES = {"lingoloop", "test_lingoloop", "lingoloop_bench"}
-TERMINAL = ("succeeded", "failed", "cancelled")
+from bench.harness import (
+    FORBIDDEN_DATABASES,
+    JFK,
+    TERMINAL,
+    Proc,
+    database_name,
+    ensure_postgres_database,
+    kill_group,
+    log,
+    manage,
+    spawn,
+    spread,
+    start_web,
+    stop_process,
+)
+
 PHRASE = "fellow americans"
 # After its grace period a stopping cluster gets HARD_STOP_SECONDS (worker.py) before it kills
 # its own processes; this script waits that long plus a margin.
@@ -82,109 +92,6 @@ LOG_MARKERS = {
     "reaped": re.compile(r"took back \d+ job\(s\) whose worker stopped renewing"),
     "handed_back": re.compile(r"handed back to the queue"),
 }
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-# --- Processes ------------------------------------------------------------------------------
-
-
-@dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-    started: float
-    sigterm_at: float | None = None
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-
-def spawn(name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> Proc:
-    """Start a process in its own session (so its group is its pid) logging to a file."""
-    log_path = log_dir / f"{name}.log"
-    with log_path.open("ab") as out:
-        popen = subprocess.Popen(
-            argv,
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    return Proc(name=name, popen=popen, log_path=log_path, started=time.monotonic())
-
-
-def kill_group(proc: Proc, sig: int = signal.SIGKILL) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, sig)
-
-
-def stop_process(proc: Proc, timeout: float) -> tuple[int | None, bool]:
-    """SIGTERM to the master, wait up to `timeout`, then SIGKILL the whole group (leftovers too).
-
-    Returns (exit code, stopped by itself within the timeout).
-    """
-    graceful = True
-    if proc.popen.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.popen.send_signal(signal.SIGTERM)
-        try:
-            proc.popen.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            graceful = False
-    kill_group(proc)  # forked children that outlived their master, if any
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.popen.wait(timeout=10)
-    return proc.popen.returncode, graceful
-
-
-# --- Database -------------------------------------------------------------------------------
-
-
-def database_name(url: str) -> str:
-    return urlparse(url).path.lstrip("/")
-
-
-def ensure_postgres_database(url: str) -> None:
-    import psycopg
-
-    name = database_name(url)
-    if name in FORBIDDEN_DATABASES:
-        raise SystemExit(f"DATABASE_URL names {name!r}, which others use; use lingoloop_soak")
-    if "soak" not in name:
-        raise SystemExit(
-            f"DATABASE_URL names {name!r}: this script empties its database, so the name must "
-            "contain 'soak' (lingoloop_soak)"
-        )
-    admin = urlunparse(urlparse(url)._replace(path="/postgres", query=""))
-    with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
-        if not exists:
-            log(f"creating database {name}")
-            conn.execute(f'CREATE DATABASE "{name}"')
-
-
-def manage(env: dict[str, str], *args: str, timeout: float = 300) -> None:
-    subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 # --- Submissions ----------------------------------------------------------------------------
@@ -387,7 +294,7 @@ def verify(
                     f"run {rid} is {run.status} but its done event says {dones[0][1].get('status')}"
                 )
         retried = sorted(
-            data.get("attempt")
+            int(data.get("attempt") or 0)  # 0: an error event without its attempt
             for _, kind, data in run_events
             if kind == "error" and data.get("willRetry") is True
         )
@@ -480,18 +387,7 @@ def verify(
             "by_type": dict(kinds.most_common()),
             "queue_position_updates": queued_updates,
         },
-        "succeeded_last_attempt_s": spread(last_attempt_s),
-    }
-
-
-def spread(values: list[float]) -> dict[str, float] | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return {
-        "median": round(statistics.median(ordered), 2),
-        "p90": round(ordered[int(0.9 * (len(ordered) - 1))], 2),
-        "max": round(ordered[-1], 2),
+        "succeeded_last_attempt_s": spread(last_attempt_s, digits=2),
     }
 
 
@@ -548,7 +444,7 @@ def raise_interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=150)
     parser.add_argument("--kill-every", type=float, default=8.0, help="seconds")
@@ -557,9 +453,13 @@ def main() -> int:
     parser.add_argument("--idempotent-every", type=int, default=10, help="0: none")
     parser.add_argument("--submit-concurrency", type=int, default=4)
     parser.add_argument("--grace", type=int, default=10, help="WORKER_SHUTDOWN_GRACE_SECONDS")
-    parser.add_argument("--audio", type=Path, default=ROOT / "tests" / "data" / "jfk.flac")
+    parser.add_argument("--audio", type=Path, default=JFK)
     parser.add_argument("--keep", action="store_true", help="keep DATA_DIR and logs")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def soak(args: argparse.Namespace) -> dict[str, Any]:
+    """The whole soak; its report (`problems` lists every invariant breached)."""
     signal.signal(signal.SIGTERM, raise_interrupt)
 
     wall_started = time.monotonic()
@@ -591,7 +491,7 @@ def main() -> int:
     cluster_stop_timeout = args.grace + HARD_STOP_SECONDS + STOP_MARGIN_SECONDS
 
     if database_url:
-        ensure_postgres_database(database_url)
+        ensure_postgres_database(database_url, marker="soak", forbidden=FORBIDDEN_DATABASES)
     log(f"DATA_DIR {data_dir}; database {database_name(database_url) or 'SQLite'}")
     manage(base_env, "migrate", "-v0")
     if database_url:
@@ -635,24 +535,9 @@ def main() -> int:
         return proc
 
     try:
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        web = spawn(
-            "web",
-            [sys.executable, "-m", "lingoloop.server", "-b", "127.0.0.1", "-p", str(port)],
-            base_env,
-            log_dir,
-        )
+        web, base = start_web(base_env, log_dir)
         processes.append(web)
         clusters = [start_cluster(), start_cluster()]
-        ready_by = time.monotonic() + 120
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{base}/api/health", timeout=2).status_code == 200:
-                    break
-            if web.popen.poll() is not None or time.monotonic() > ready_by:
-                raise RuntimeError(f"web server did not start; see {web.log_path}")
-            time.sleep(0.2)
 
         plan: list[tuple[int, str | None]] = []
         for index in range(args.runs):
@@ -722,7 +607,7 @@ def main() -> int:
                         f"{proc.name} still running {cluster_stop_timeout} s after SIGTERM"
                     )
                     kill_group(proc)
-                    with contextlib.suppress(subprocess.TimeoutExpired):
+                    with suppress(subprocess.TimeoutExpired):
                         proc.popen.wait(timeout=10)
                     draining.remove(proc)
 
@@ -860,10 +745,20 @@ def main() -> int:
         "disruptions": disruptions,
         "data_dir": str(data_dir) if keep else None,
     }
-    print(json.dumps(report, indent=2))
     if not keep:
         shutil.rmtree(data_dir, ignore_errors=True)
-    return 1 if problems else 0
+    return report
+
+
+def measure(*, quick: bool = False) -> dict[str, Any]:
+    """The registry's entry (`python -m bench soak`; not part of `all`): 150 runs (--quick: 20)."""
+    return soak(parse_args(["--runs", "20"] if quick else []))
+
+
+def main() -> int:
+    report = soak(parse_args())
+    print(json.dumps(report, indent=2))
+    return 1 if report["problems"] else 0
 
 
 if __name__ == "__main__":

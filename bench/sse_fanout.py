@@ -1,10 +1,17 @@
-"""Benchmark: SSE fan-out on one web process (issue 4): latency, memory and DB connections.
+"""Benchmark: SSE fan-out on one web process (issues 4 and 11): connect time, latency, memory
+and database connections.
+
+Issue 11's figures per round (`figures`, printed last): connect time in total and per client
+(and the web process's CPU per connect), delivery p50/p99, and the most database connections
+the web process held while the clients connected, idled and received. `measure(quick=...)`
+is what `python -m bench sse_fanout` calls: 1,000 clients (100 with `quick`) in the mode the
+environment sets.
 
 For each delivery mode and each N in --clients, on a fresh temporary DATA_DIR:
 
 1. starts ONE web process (`python -m daphne ... lingoloop.asgi:application`), warms it up
    (health check, one stream opened and closed) and reads its resident memory (VmRSS);
-2. opens N concurrent SSE clients (asyncio + httpx in this process) on
+2. opens N concurrent SSE clients (asyncio sockets in this process, class SseReader) on
    `/api/runs/{id}/events?access_token=<eventsToken>`: all on one shared run (`--watch shared`)
    or each on its own run (`--watch own`), waits for every `init`, lets the streams sit idle
    and reads the web process's VmRSS again, its threads, and the database connections it
@@ -36,7 +43,7 @@ the web process's poll period.
 Modes (--modes): `sqlite` (embedded: no Redis, the web process polls stored events),
 `sqlite+redis`, `postgres`, `postgres+redis`. Default: `sqlite`, plus `sqlite+redis` when
 REDIS_URL is set, plus `postgres+redis` (or `postgres`) when DATABASE_URL is set. The
-PostgreSQL database is created when missing; `lingoloop` and `test_lingoloop` are refused.
+PostgreSQL database is created when missing; its name must contain `bench` (bench/harness.py).
 
 Usage:
   REDIS_URL=redis://127.0.0.1:6379/0 \\
@@ -55,7 +62,6 @@ import random
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -71,20 +77,19 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.harness import (  # noqa: E402
+    FORBIDDEN_DATABASES,
+    create_token,
+    database_name,
+    ensure_postgres_database,
+    free_port,
+    log,
+    manage,
+)
+
 WEB_APP_NAME = "lingoloop-bench-web"
 PUBLISHER_APP_NAME = "lingoloop-bench-publisher"
-FORBIDDEN_DATABASES = {"lingoloop", "test_lingoloop"}
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def percentiles(values: list[float]) -> dict[str, float | None]:
@@ -156,24 +161,6 @@ def with_application_name(url: str, name: str) -> str:
     return urlunparse(parts._replace(query=query))
 
 
-def database_name(url: str) -> str:
-    return urlparse(url).path.lstrip("/")
-
-
-def ensure_postgres_database(url: str) -> None:
-    import psycopg
-
-    name = database_name(url)
-    if name in FORBIDDEN_DATABASES:
-        raise SystemExit(f"DATABASE_URL names {name!r}, which others use; pick another database")
-    admin = urlunparse(urlparse(url)._replace(path="/postgres", query=""))
-    with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
-        if not exists:
-            log(f"creating database {name}")
-            conn.execute(f'CREATE DATABASE "{name}"')
-
-
 def mode_env(mode: Mode, data_dir: Path, app_name: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
     env.update(
@@ -235,20 +222,6 @@ def start_web(env: dict[str, str], port: int, log_file: Path) -> subprocess.Pope
         time.sleep(0.1)
 
 
-def manage(env: dict[str, str], *args: str, timeout: float = 180) -> str:
-    done = subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"manage.py {args[0]} failed:\n{done.stderr[-3000:]}")
-    return done.stdout
-
-
 def this_script(env: dict[str, str], *args: str, timeout: float) -> str:
     done = subprocess.run(
         [sys.executable, __file__, *args],
@@ -286,21 +259,7 @@ def prepare(mode: Mode, audio: Path, own_runs: int) -> Fixture:
 def _prepare(mode: Mode, audio: Path, own_runs: int, data_dir: Path) -> Fixture:
     env = mode_env(mode, data_dir, "lingoloop-bench-setup")
     manage(env, "migrate", "--noinput", "-v0")
-    username = f"bench-{os.urandom(4).hex()}"
-    token = (
-        manage(
-            env,
-            "shell",
-            "-v0",
-            "-c",
-            "from django.contrib.auth.models import User\n"
-            "from rest_framework.authtoken.models import Token\n"
-            f"u = User.objects.create_user({username!r}, password='bench-pass-1')\n"
-            "print(Token.objects.create(user=u).key)",
-        )
-        .strip()
-        .splitlines()[-1]
-    )
+    token = create_token(env)
     port = free_port()
     web = None
     try:
@@ -343,57 +302,102 @@ class ClientState:
     ended: bool = False
 
 
-async def follow(
-    http: httpx.AsyncClient, url: str, state: ClientState, gate: asyncio.Semaphore
-) -> None:
+class SseReader(asyncio.Protocol):
+    """One SSE client at the socket level: HTTP/1.0 (no chunked framing), events split on
+    blank lines, each stamped with time.time() when its bytes arrive. An httpx client per
+    stream cost this process as much CPU per event as the web process spent sending it, on
+    the same cores; this costs a fraction, so the latencies are the server's."""
+
+    def __init__(self, request: bytes, state: ClientState, on_init: Any) -> None:
+        self.request = request
+        self.state = state
+        self.on_init = on_init
+        self.buffer = b""
+        self.headers_done = False
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.started = time.monotonic()
+
+    def connection_made(self, transport: Any) -> None:
+        transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        arrived = time.time()
+        self.buffer += data
+        if not self.headers_done:
+            head, found, rest = self.buffer.partition(b"\r\n\r\n")
+            if not found:
+                return
+            status = head.split(b" ", 2)[1]
+            if status != b"200":
+                self.state.error = f"HTTP {status.decode()}"
+                self.on_init()
+                return
+            self.headers_done, self.buffer = True, rest
+        *blocks, self.buffer = self.buffer.split(b"\n\n")
+        for block in blocks:
+            self.event(block, arrived)
+
+    def event(self, block: bytes, arrived: float) -> None:
+        fields = dict(line.split(b": ", 1) for line in block.split(b"\n") if b": " in line)
+        name, data = fields.get(b"event"), fields.get(b"data", b"")
+        if b"id" in fields:
+            event_id = int(fields[b"id"])
+            if event_id <= self.state.last_id and name != b"init":
+                self.state.out_of_order += 1
+            self.state.last_id = max(self.state.last_id, event_id)
+        if name == b"init":
+            self.state.connect_s = time.monotonic() - self.started
+            self.on_init()
+        elif name == b"update" and b'"benchSeq"' in data:
+            payload = json.loads(data)
+            seq = int(payload["benchSeq"])
+            if seq in self.state.latencies_ms:
+                self.state.duplicates += 1
+            else:
+                self.state.latencies_ms[seq] = (arrived - payload["benchSentAt"]) * 1000
+                self.state.received_at[seq] = arrived
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state.ended = True
+        self.on_init()
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+async def follow(url: str, state: ClientState, gate: asyncio.Semaphore) -> None:
     """One SSE client: hold the gate until `init` arrives (limits connects in flight), then
     read events until cancelled."""
     await gate.acquire()
-    gated = True
-    started = time.monotonic()
+    released = False
+
+    def release() -> None:
+        nonlocal released
+        if not released:
+            released = True
+            gate.release()
+
+    parts = urlparse(url)
+    request = (
+        f"GET {parts.path}?{parts.query} HTTP/1.0\r\nHost: {parts.netloc}\r\n"
+        "Accept: text/event-stream\r\n\r\n"
+    ).encode()
+    loop = asyncio.get_running_loop()
+    transport = None
     try:
-        async with http.stream("GET", url) as response:
-            if response.status_code != 200:
-                state.error = f"HTTP {response.status_code}"
-                return
-            event = data = None
-            data_at = 0.0
-            event_id: int | None = None
-            async for line in response.aiter_lines():
-                if line.startswith("data:"):
-                    data_at = time.time()
-                    data = line[5:].strip()
-                elif line.startswith("event:"):
-                    event = line[6:].strip()
-                elif line.startswith("id:"):
-                    event_id = int(line[3:].strip())
-                elif line == "" and event is not None:
-                    if event_id is not None:
-                        if event_id <= state.last_id and event != "init":
-                            state.out_of_order += 1
-                        state.last_id = max(state.last_id, event_id)
-                    if event == "init":
-                        state.connect_s = time.monotonic() - started
-                        gate.release()
-                        gated = False
-                    elif event == "update" and data and '"benchSeq"' in data:
-                        payload = json.loads(data)
-                        seq = int(payload["benchSeq"])
-                        if seq in state.latencies_ms:
-                            state.duplicates += 1
-                        else:
-                            state.latencies_ms[seq] = (data_at - payload["benchSentAt"]) * 1000
-                            state.received_at[seq] = data_at
-                    event = data = None
-                    event_id = None
-            state.ended = True
+        transport, reader = await loop.create_connection(
+            lambda: SseReader(request, state, release),
+            parts.hostname or "127.0.0.1",
+            parts.port or 80,
+        )
+        await reader.closed
     except asyncio.CancelledError:
         raise
     except Exception as exc:
         state.error = f"{type(exc).__name__}: {exc}"[:200]
     finally:
-        if gated:
-            gate.release()
+        release()
+        if transport is not None:
+            transport.close()
 
 
 class ConnectionSampler:
@@ -478,9 +482,6 @@ async def one_round(
     web = publisher = None
     sampler: ConnectionSampler | None = None
     tasks: list[asyncio.Task[None]] = []
-    limits = httpx.Limits(max_connections=clients + 16, max_keepalive_connections=0)
-    timeout = httpx.Timeout(connect=30, read=None, write=30, pool=120)
-    http = httpx.AsyncClient(limits=limits, timeout=timeout, trust_env=False)
     try:
         web = start_web(mode_env(mode, data_dir, WEB_APP_NAME), port, web_log)
         pid = web.pid
@@ -488,7 +489,7 @@ async def one_round(
         # Warm-up: one stream opened and closed, so code paths and the thread pool exist
         # before the baseline is read.
         warm = ClientState()
-        warm_task = asyncio.create_task(follow(http, urls[0], warm, asyncio.Semaphore(1)))
+        warm_task = asyncio.create_task(follow(urls[0], warm, asyncio.Semaphore(1)))
         await wait_until(lambda: warm.connect_s is not None or warm_task.done(), 30)
         warm_task.cancel()
         await asyncio.gather(warm_task, return_exceptions=True)
@@ -499,10 +500,13 @@ async def one_round(
         log(f"{mode.name} {watch} N={clients}: connecting")
         states = [ClientState() for _ in range(clients)]
         gate = asyncio.Semaphore(connect_concurrency)
+        stop_connect_sampling = asyncio.Event()
+        connect_sampling = asyncio.create_task(
+            sampler.sample_for(3600, every=0.1, stop=stop_connect_sampling)
+        )
         connect_started, connect_cpu0 = time.monotonic(), cpu_seconds(pid)
         tasks = [
-            asyncio.create_task(follow(http, url, s, gate))
-            for url, s in zip(urls, states, strict=True)
+            asyncio.create_task(follow(url, s, gate)) for url, s in zip(urls, states, strict=True)
         ]
         all_in = await wait_until(
             lambda: all(s.connect_s is not None or s.error or s.ended for s in states),
@@ -510,6 +514,8 @@ async def one_round(
         )
         connect_wall = time.monotonic() - connect_started
         connect_cpu = cpu_seconds(pid) - connect_cpu0
+        stop_connect_sampling.set()
+        connect_samples = await asyncio.wait_for(connect_sampling, 30)
         connected = sum(1 for s in states if s.connect_s is not None)
         await asyncio.sleep(2.0)  # let the streams settle into their idle wait
         rss_idle_n = proc_status(pid, "VmRSS")
@@ -520,7 +526,10 @@ async def one_round(
                     "connected": connected,
                     "all_connected_before_deadline": all_in,
                     "wall_s": round(connect_wall, 2),
+                    "wall_ms_per_client": round(connect_wall * 1000 / clients, 2),
                     "web_cpu_s": round(connect_cpu, 2),
+                    "web_cpu_ms_per_client": round(connect_cpu * 1000 / clients, 2),
+                    "db_connections": summarize_samples(connect_samples),
                     "time_to_init_ms": percentiles(
                         [s.connect_s * 1000 for s in states if s.connect_s is not None]
                     ),
@@ -664,7 +673,6 @@ async def one_round(
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=30)
-        await http.aclose()
         stop(publisher)
         stop(web)
         if sampler is not None:
@@ -688,22 +696,52 @@ async def wait_until(condition: Any, seconds: float) -> bool:
     return True
 
 
+def connections_held(samples: dict[str, dict[str, float]]) -> float | None:
+    """The most database connections the web process held: PostgreSQL backends, or for
+    SQLite its descriptors on the database file (one per connection)."""
+    found = samples.get("web", samples.get("db"))
+    return None if found is None else found["max"]
+
+
+def figures(r: dict[str, Any]) -> dict[str, Any]:
+    """The figures issue 11 asks for, from one round: connect time in total and per client,
+    delivery p50/p99, and the most database connections held meanwhile."""
+    if "latency_ms" not in r:
+        return {"mode": r["mode"], "clients": r["clients"], "error": r.get("error")}
+    held = [
+        connections_held(r["connect"]["db_connections"]),
+        connections_held(r["web_idle"]["db_connections_with_streams"]),
+        connections_held(r["db_connections_during_delivery"]),
+    ]
+    return {
+        "mode": r["mode"],
+        "clients": r["clients"],
+        "connected": r["connect"]["connected"],
+        "connect_total_s": r["connect"]["wall_s"],
+        "connect_ms_per_client": r["connect"]["wall_ms_per_client"],
+        "connect_web_cpu_ms_per_client": r["connect"]["web_cpu_ms_per_client"],
+        "delivery_p50_ms": r["latency_ms"]["p50"],
+        "delivery_p99_ms": r["latency_ms"]["p99"],
+        "db_connections_max": max((h for h in held if h is not None), default=None),
+        "missing_events": r["delivery"]["missing"],
+        "client_errors": r["delivery"]["client_errors"],
+        "machine_busy": r["cpu_s_during_delivery"]["machine_busy"],
+    }
+
+
 def summary_line(r: dict[str, Any]) -> str:
     if "latency_ms" not in r:
         return f"{r['mode']:>15} {r['watch']:>6} N={r['clients']:>5}: failed: {r.get('error')}"
-    lat, idle, d = r["latency_ms"], r["web_idle"], r["delivery"]
-    db = idle["db_connections_with_streams"]
-    db_text = (
-        f"web DB conns idle max {db['web']['max']}"
-        if "web" in db
-        else f"sqlite fds idle max {db['db']['max']}"
-    )
+    f, lat = figures(r), r["latency_ms"]
     return (
         f"{r['mode']:>15} {r['watch']:>6} N={r['clients']:>5}: "
-        f"{r['connect']['connected']} connected, latency p50 {lat['p50']} ms, "
-        f"p99 {lat['p99']} ms, max {lat['max']} ms; {idle['rss_kib_per_stream']} KiB RSS/stream; "
-        f"{db_text}; missing {d['missing']}, errors {d['client_errors']}; "
-        f"machine busy {r['cpu_s_during_delivery']['machine_busy']:.0%}"
+        f"{f['connected']} connected in {f['connect_total_s']} s "
+        f"({f['connect_ms_per_client']} ms/client, web CPU "
+        f"{f['connect_web_cpu_ms_per_client']} ms/client); latency p50 {lat['p50']} ms, "
+        f"p99 {lat['p99']} ms, max {lat['max']} ms; {r['web_idle']['rss_kib_per_stream']} KiB "
+        f"RSS/stream; DB connections max {f['db_connections_max']}; "
+        f"missing {f['missing_events']}, errors {f['client_errors']}; "
+        f"machine busy {f['machine_busy']:.0%}"
     )
 
 
@@ -821,6 +859,78 @@ def raise_fd_limit(clients: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
 
 
+@dataclass
+class Plan:
+    """What to measure: the rounds are every mode x watch x client count."""
+
+    modes: list[Mode]
+    counts: list[int]
+    watches: list[str] = field(default_factory=lambda: ["shared"])
+    events: int = 20
+    interval: float = 0.5
+    connect_concurrency: int = 100
+    audio: Path = ROOT / "tests" / "data" / "jfk.flac"
+    keep: bool = False
+
+
+def run(plan: Plan) -> dict[str, Any]:
+    """Every round of the plan, each on a fresh web process; the JSON document."""
+    raise_fd_limit(max(plan.counts))
+    for mode in plan.modes:
+        if mode.database_url:
+            ensure_postgres_database(
+                mode.database_url, marker="bench", forbidden=FORBIDDEN_DATABASES
+            )
+    results: list[dict[str, Any]] = []
+    started = time.monotonic()
+    for mode in plan.modes:
+        log(f"{mode.name}: preparing")
+        own = max(plan.counts) if "own" in plan.watches else 1
+        fixture = prepare(mode, plan.audio, own)
+        try:
+            for watch in plan.watches:
+                for n in plan.counts:
+                    results.append(run_round(plan, mode, fixture, watch, n))
+                    log(summary_line(results[-1]))
+        finally:
+            if not plan.keep:
+                shutil.rmtree(fixture.data_dir, ignore_errors=True)
+    return {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": sys.version.split()[0],
+            "loadavg_at_end": [round(v, 2) for v in os.getloadavg()],
+        },
+        "events_per_round": plan.events,
+        "interval_s": plan.interval,
+        "heartbeat_ms": 3_600_000,
+        "wall_s": round(time.monotonic() - started, 1),
+        "results": results,
+    }
+
+
+def run_round(plan: Plan, mode: Mode, fixture: Fixture, watch: str, n: int) -> dict[str, Any]:
+    try:
+        return asyncio.run(
+            one_round(mode, fixture, n, watch, plan.events, plan.interval, plan.connect_concurrency)
+        )
+    except Exception as exc:
+        log(f"{mode.name} {watch} N={n} failed: {exc!r}")
+        return {"mode": mode.name, "watch": watch, "clients": n, "error": repr(exc)}
+
+
+def measure(
+    *, quick: bool = False, clients: int | None = None, events: int | None = None
+) -> dict[str, Any]:
+    """Issue 11's figures for `python -m bench`: N watchers of one run on one web process, in
+    the environment's setting (SQLite, or DATABASE_URL; Redis when REDIS_URL is set). N is
+    1,000, or 100 with `quick`."""
+    n = clients or (100 if quick else 1000)
+    plan = Plan([parse_mode(default_modes()[-1])], [n], events=events or (5 if quick else 20))
+    document = run(plan)
+    return {**figures(document["results"][0]), "machine": document["machine"]}
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_publish":
         return role_publish(sys.argv[2:])
@@ -841,64 +951,24 @@ def main() -> None:
     parser.add_argument("--output", type=Path, help="also write the JSON document here")
     args = parser.parse_args()
 
-    counts = [int(c) for c in args.clients.split(",") if c.strip()]
-    watches = [w.strip() for w in args.watch.split(",") if w.strip()]
-    modes = [parse_mode(m.strip()) for m in args.modes.split(",") if m.strip()]
-    raise_fd_limit(max(counts))
-    for mode in modes:
-        if mode.database_url:
-            ensure_postgres_database(mode.database_url)
-
-    results: list[dict[str, Any]] = []
-    started = time.monotonic()
-    for mode in modes:
-        log(f"{mode.name}: preparing")
-        fixture = prepare(mode, args.audio, max(counts) if "own" in watches else 1)
-        try:
-            for watch in watches:
-                for n in counts:
-                    try:
-                        results.append(
-                            asyncio.run(
-                                one_round(
-                                    mode,
-                                    fixture,
-                                    n,
-                                    watch,
-                                    args.events,
-                                    args.interval,
-                                    args.connect_concurrency,
-                                )
-                            )
-                        )
-                    except Exception as exc:
-                        log(f"{mode.name} {watch} N={n} failed: {exc!r}")
-                        results.append(
-                            {"mode": mode.name, "watch": watch, "clients": n, "error": repr(exc)}
-                        )
-                    log(summary_line(results[-1]))
-        finally:
-            if not args.keep:
-                shutil.rmtree(fixture.data_dir, ignore_errors=True)
-
-    document = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": sys.version.split()[0],
-            "loadavg_at_end": [round(v, 2) for v in os.getloadavg()],
-        },
-        "events_per_round": args.events,
-        "interval_s": args.interval,
-        "heartbeat_ms": 3_600_000,
-        "wall_s": round(time.monotonic() - started, 1),
-        "results": results,
-    }
+    plan = Plan(
+        modes=[parse_mode(m.strip()) for m in args.modes.split(",") if m.strip()],
+        counts=[int(c) for c in args.clients.split(",") if c.strip()],
+        watches=[w.strip() for w in args.watch.split(",") if w.strip()],
+        events=args.events,
+        interval=args.interval,
+        connect_concurrency=args.connect_concurrency,
+        audio=args.audio,
+        keep=args.keep,
+    )
+    document = run(plan)
     text = json.dumps(document, indent=2)
     if args.output:
         args.output.write_text(text + "\n")
     print(text)
-    for r in results:
+    for r in document["results"]:
         print(summary_line(r))
+    print(json.dumps([figures(r) for r in document["results"]], indent=2))
 
 
 if __name__ == "__main__":

@@ -307,7 +307,15 @@ if WHISPER_MODEL not in WHISPER_MODELS_ALLOWED:
 WHISPER_DEVICE = env_choice("WHISPER_DEVICE", "auto", ("auto", "cpu", "cuda"))
 WHISPER_COMPUTE_TYPE = env_str("WHISPER_COMPUTE_TYPE", "int8")
 WHISPER_CPU_THREADS = env_int("WHISPER_CPU_THREADS", 2, minimum=0)
-WHISPER_BATCH_SIZE = env_int("WHISPER_BATCH_SIZE", 0, minimum=0)
+# Async jobs at least WHISPER_BATCHED_MIN_DURATION_MS long are decoded by faster-whisper's
+# batched pipeline: "auto" sizes its batch from the machine (transcription/engine.py), a number
+# forces it, 0 keeps every job sequential. Sync (in-request) runs are always sequential.
+WHISPER_BATCH_SIZE: int | str = (
+    "auto"
+    if env_str("WHISPER_BATCH_SIZE", "auto") == "auto"
+    else env_int("WHISPER_BATCH_SIZE", 0, minimum=0)
+)
+WHISPER_BATCHED_MIN_DURATION_MS = env_int("WHISPER_BATCHED_MIN_DURATION_MS", 30_000, minimum=0)
 
 # --- Job queue ----------------------------------------------------------------------------
 
@@ -315,6 +323,14 @@ WORKER_MAX_RETRIES = env_int("WORKER_MAX_RETRIES", 3, minimum=0)
 WORKER_RETRY_DELAYS = env_int_list("WORKER_RETRY_DELAYS", [5000, 30000, 120000])
 MAX_CONCURRENT_JOBS = env_int("MAX_CONCURRENT_JOBS", 1, minimum=1)
 POLL_INTERVAL = env_int("POLL_INTERVAL", 500, minimum=10)
+# SQLite has no NOTIFY: an idle cluster looks for due jobs this often instead (PostgreSQL
+# wakes it on commit and POLL_INTERVAL is only its safety net). The look is one indexed query.
+SQLITE_POLL_INTERVAL = env_int("SQLITE_POLL_INTERVAL", 50, minimum=10)
+# Worker processes run at this OS nice value (0: as the web), so the web answers first.
+WORKER_NICE = env_int("WORKER_NICE", 10, minimum=0)
+# How long a web process may answer queue positions from its last read of the queue (0: read
+# the queue for every answer). A run the read could not know of always forces a new read.
+QUEUE_SNAPSHOT_TTL_MS = env_int("QUEUE_SNAPSHOT_TTL_MS", 1000, minimum=0)
 JOB_TIMEOUT = env_int("JOB_TIMEOUT", 1800, minimum=1)
 JOB_LEASE_SECONDS = env_int("JOB_LEASE_SECONDS", 60, minimum=3)
 # How long a cluster may hold a picked job in memory before another cluster may take it.
@@ -355,8 +371,9 @@ Q_CLUSTER = {
 SSE_HEARTBEAT_INTERVAL_MS = env_int("SSE_HEARTBEAT_INTERVAL_MS", 15_000, minimum=100)
 EVENTS_TOKEN_TTL = env_int("EVENTS_TOKEN_TTL", 3600, minimum=10)
 # How often a web process looks in the database for events stored by other processes: the
-# delivery path without Redis (or while Redis is unreachable)...
-EVENTS_DB_POLL_MS = env_int("EVENTS_DB_POLL_MS", 250, minimum=50)
+# delivery path without Redis (or while Redis is unreachable). A poll is one small read on a
+# kept connection (lingoloop/eventhub.py), and half the interval is the average wait...
+EVENTS_DB_POLL_MS = env_int("EVENTS_DB_POLL_MS", 100, minimum=50)
 # ...and the safety net for anything pub/sub lost while Redis is connected.
 REDIS_SAFETY_POLL_MS = env_int("REDIS_SAFETY_POLL_MS", 5000, minimum=100)
 

@@ -11,17 +11,25 @@ The broker only picks. Everything else a cluster does for the queue (reaping exp
 periodic jobs, pruning) runs in the worker command's own loop: an exception here would make
 django-q2's pusher log "Failed to pull task from broker", sleep 10 s and leave its loop for
 good, so `dequeue` never lets one out.
+
+Between picks the pusher waits for a job to become due. On PostgreSQL it waits on a LISTEN
+connection of its own: a trigger on the job table (migration 0003) notifies whenever a job
+becomes waiting, so an idle cluster starts a new job as soon as its transaction commits, and
+POLL_INTERVAL is only the safety net (a retry that falls due later, a pick hold that ran out,
+a lost connection). SQLite has no NOTIFY; there the pusher looks every SQLITE_POLL_INTERVAL.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections, transaction
+from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 from django_q.brokers import Broker
 from django_q.conf import Conf
@@ -33,9 +41,64 @@ from tasks_admin.runner import cluster_state, current_worker_id
 logger = logging.getLogger(__name__)
 
 TASK_FUNC = "tasks_admin.runner.run_job"
+NOTIFY_CHANNEL = "lingoloop_job_due"  # the trigger in migration 0003 sends on it
+
+
+class DueJobSignal:
+    """Waits until a job may have become due, or until `timeout` passed.
+
+    PostgreSQL: NOTIFYs on a dedicated autocommit connection (Django's own is used for picks
+    and may be closed between them). Each wake-up costs one pick; waking for nothing is
+    harmless. A broken connection is dropped and opened again at the next wait, and until
+    then the wait is a plain sleep: the poll is still there.
+    """
+
+    def __init__(self) -> None:
+        self._listener: Any = None
+
+    def wait(self, timeout: float) -> None:
+        if connection.vendor != "postgresql":
+            time.sleep(min(timeout, settings.SQLITE_POLL_INTERVAL / 1000))
+            return
+        try:
+            listener = self._listen()
+            for _ in listener.notifies(timeout=timeout, stop_after=1):
+                pass
+            # Several notifications may have come together: one pick serves them all.
+            for _ in listener.notifies(timeout=0):
+                pass
+        except Exception:
+            logger.warning("waiting for NOTIFY failed; polling meanwhile", exc_info=True)
+            self.close()
+            time.sleep(timeout)
+
+    def _listen(self) -> Any:
+        """The LISTEN connection, opened (and listening) once. A job that became due while
+        it was closed is found by the pick that follows the next wait."""
+        if self._listener is None or self._listener.closed:
+            listener = connection.get_new_connection(connection.get_connection_params())
+            listener.autocommit = True
+            listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
+            self._listener = listener
+        return self._listener
+
+    def close(self) -> None:
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                self._listener.close()
+            self._listener = None
 
 
 class JobBroker(Broker):
+    def __init__(self, list_key: str | None = None) -> None:
+        super().__init__(list_key)  # type: ignore[arg-type]
+        self.due_signal = DueJobSignal()
+
+    def __setstate__(self, state: Any) -> None:
+        """A copy sent to another process starts with no LISTEN connection of its own."""
+        super().__setstate__(state)
+        self.due_signal = DueJobSignal()
+
     def enqueue(self, task: str) -> str:
         raise NotImplementedError(
             "LingoLoop jobs are rows in the job table; create them with "
@@ -43,8 +106,9 @@ class JobBroker(Broker):
         )
 
     def dequeue(self) -> list[tuple[str, str]] | None:
-        """Due jobs for the cluster, or None after one poll interval. Never raises: a
-        database error is logged and the pick tried again after the interval."""
+        """Due jobs for the cluster, or None once a job may have become due or one poll
+        interval passed. Never raises: a database error is logged and the pick tried again
+        after the interval."""
         try:
             close_old_connections()  # drops a connection that a failed pick left broken
             state = cluster_state()
@@ -54,7 +118,9 @@ class JobBroker(Broker):
                     return [(str(job_id), self._package(job_id)) for job_id in picked]
         except Exception:
             logger.exception("picking jobs failed; trying again in %s s", Conf.POLL)
-        time.sleep(Conf.POLL)
+            time.sleep(Conf.POLL)
+            return None
+        self.due_signal.wait(Conf.POLL)
         return None
 
     def pick(self, *, limit: int) -> list[uuid.UUID]:

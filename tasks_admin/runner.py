@@ -172,8 +172,8 @@ def run_job(job_id: str) -> Outcome:
         _drop_pick(job_id)  # paused or stopping: claim nothing new
         return Outcome.NOT_CLAIMED
     worker_id = current_worker_id()
-    job = Job.objects.filter(pk=job_id).first()
-    if job is None or not job.claim(worker_id) or job.locked_until is None:
+    job = Job(pk=job_id)  # the claim reads the row once it has won it: no read before
+    if not job.claim(worker_id) or job.locked_until is None:
         return Outcome.NOT_CLAIMED
     logger.info("job %s (%s) attempt %d by %s", job.pk, job.job_type, job.attempts, worker_id)
 

@@ -98,6 +98,18 @@ def redis_reachable() -> bool:
         return False
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _event_hub_connections_closed(django_db_setup) -> Iterator[None]:  # type: ignore[no-untyped-def]
+    """The event hub's database threads keep their connections for a second after their last
+    read (in-process stream requests use them); close them before the test database is
+    dropped, which PostgreSQL refuses while a session is open. Set up after the database, so
+    torn down before it."""
+    yield
+    from lingoloop import eventhub
+
+    eventhub.close_connections()
+
+
 @pytest.fixture(autouse=True)
 def _isolated_upload_dirs(settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Each test stores uploads under its own temporary DATA_DIR."""

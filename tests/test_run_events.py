@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import shutil
 import signal
@@ -16,6 +18,7 @@ import time_machine
 from django.db import connection
 from django.utils import timezone
 
+from lingoloop import eventhub
 from tests.conftest import (
     free_port,
     long_speech,
@@ -26,6 +29,7 @@ from tests.conftest import (
     wait_until,
 )
 from tests.sseclient import EventStream
+from transcription import streams
 from transcription.events import publish
 from transcription.models import TranscriptRun
 from transcription.tokens import events_token_for
@@ -278,3 +282,48 @@ def test_two_hundred_idle_streams_hold_at_most_a_handful_of_connections(service)
             stream.close()
 
     assert held <= 5, f"{held} connections held by 200 idle streams"
+
+
+def _stream_of_a_finished_run(
+    channel: str, current_id: int, stored: list[tuple[str, str]]
+) -> list[str]:
+    """The events a new watcher of a finished run gets when `stored` (event, status) came on
+    its channel after its snapshot's id was read (as the finish's own events do, a moment
+    after the commit that finished the run)."""
+    for event, status in stored:
+        eventhub.store(channel, event, json.dumps({"status": status}))
+    opening = streams.Opening(channel, current_id, {"status": "succeeded"}, finished=True)
+
+    async def watch() -> list[str]:
+        sent = []
+        async for chunk in streams._stream(
+            opening, current_id, "init", {"update", "error", "done"}, ends_at_done=True
+        ):
+            sent.append(chunk.split("\n", 1)[0].removeprefix("event: "))
+            if sent[-1] == "update":
+                break  # a run that goes on (a retry) streams on: enough seen
+        return sent
+
+    return asyncio.run(watch())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_new_watcher_of_a_just_finished_run_gets_init_and_done_only():
+    # The snapshot already shows the finish; its own events, stored a moment after the
+    # commit, must not come again after `init` (seen under load: init, update, done).
+    channel = "run-finished-just-now"
+    current_id = eventhub.current_id(channel)
+    finish = [("update", "succeeded"), ("done", "succeeded")]
+
+    assert _stream_of_a_finished_run(channel, current_id, finish) == ["init", "done"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_new_watcher_of_a_finished_run_still_gets_what_came_after_the_finish():
+    channel = "run-retried-since"
+    current_id = eventhub.current_id(channel)
+    retried = [("update", "succeeded"), ("done", "succeeded"), ("update", "queued")]
+
+    sent = _stream_of_a_finished_run(channel, current_id, retried)
+
+    assert sent == ["init", "update"]  # retried: the watcher follows the new attempt

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 from uuid import UUID
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import QuerySet, Sum
+from django.db import connection, transaction
+from django.db.models import F, Func, JSONField, QuerySet, Sum, Value
 from django.urls import reverse
 from django.utils import timezone
 
@@ -28,26 +32,157 @@ from transcription import engine
 from transcription.events import announce_queue_positions, publish, publish_attempt_error
 from transcription.models import Audio, RunMode, RunStatus, TranscriptRun
 
+if TYPE_CHECKING:
+    from django.db.backends.base.base import BaseDatabaseWrapper
+    from django.db.models.sql.compiler import SQLCompiler, _AsSqlType
+
 JOB_TYPE_ASYNC = "transcribe_long"
 JOB_TYPE_SYNC = "transcribe_sync"
 
-# At most this often a run's progress is written and an `update` sent; the last one before
-# `done` always goes out.
+logger = logging.getLogger(__name__)
+
+# At most this often a run's progress is written and an `update` sent as segments arrive; the
+# last one before `done` always goes out.
 UPDATE_INTERVAL_SECONDS = 0.5
+# A processing run gets an `update` at least this often (DESIGN.md asks for one every 2 s),
+# segments or not: loading the model, or inside a long window or batch of the engine, its
+# progress moves on at the measured rate.
+QUIET_UPDATE_SECONDS = 1.0
+# Interpolated progress stops here: only a point the engine reports gets closer to 100.
+INTERPOLATION_CEILING = 99.0
 
 ACTIVE = (RunStatus.QUEUED, RunStatus.PROCESSING)
 
 
-class ProgressWriter:
-    """Collects segments as the engine yields them; writes and announces them, throttled."""
+class ProgressClock:
+    """Where an attempt's decoding stands, from what the engine reports and the time since.
 
-    def __init__(self, run: TranscriptRun, attempt: Attempt) -> None:
+    The engine reports real points: a window's decoding begins (all before it is done; the
+    first one also says the model is loaded) and a segment ends. Between them progress moves
+    on at the rate this attempt has measured since decoding began (percent of the audio per
+    wall second: the model load is not in it), but never past the end of the window being
+    decoded (no segment of it can end later), never backwards, and never to 100. The ETA is
+    the time the rest takes at that rate. Plain arithmetic on `time.monotonic()` values.
+    """
+
+    def __init__(self, *, assumed_rate: float | None = None) -> None:
+        # Percent per second to go by until this attempt's first real point: the pace of
+        # this process's previous attempt of the same kind (a batched run's first window
+        # can be its whole file, so its own first point may come only near the end).
+        self.assumed_rate = assumed_rate
+        self.decoding_since: float | None = None
+        self.reached = 0.0  # the furthest real point, percent
+        self.reached_at = 0.0
+        self.window_end = 0.0
+        self.shown = 0.0
+
+    def window(self, start: float, end: float, now: float) -> None:
+        if self.decoding_since is None:
+            self.decoding_since = now
+        self.point(start, now)
+        self.window_end = end
+
+    def point(self, percent: float, now: float) -> None:
+        if percent > self.reached:
+            self.reached, self.reached_at = percent, now
+
+    def measured_rate(self) -> float | None:
+        """This attempt's own pace, percent per second, up to its furthest real point; None
+        before there is one."""
+        if self.decoding_since is None or self.reached <= 0:
+            return None
+        spent = self.reached_at - self.decoding_since
+        return self.reached / spent if spent > 0 else None
+
+    def progress(self, now: float) -> float:
+        rate = self.measured_rate() or self.assumed_rate
+        if rate is not None and self.decoding_since is not None:
+            moved = rate * (now - self.decoding_since)
+            self.shown = max(self.shown, min(moved, self.window_end, INTERPOLATION_CEILING))
+        self.shown = max(self.shown, self.reached)
+        return self.shown
+
+    def seconds_left(self, now: float) -> float | None:
+        """At the pace of decoding so far; None until there is a pace to go by."""
+        progress = self.progress(now)
+        if self.decoding_since is None or progress <= 0:
+            return None
+        return (now - self.decoding_since) * (100 - progress) / progress
+
+
+@dataclass(frozen=True)
+class Pace:
+    """How fast this process decodes one kind of attempt (a model, sequential or a batch
+    size), in audio seconds per wall second, as its last attempt of that kind measured it:
+    what a new attempt's progress goes by until its own first real point."""
+
+    model: str
+    batch_size: int
+
+    _known: ClassVar[dict[tuple[str, int], float]] = {}
+
+    def assumed_rate(self, audio_seconds: float) -> float | None:
+        """Percent of `audio_seconds` per wall second; None when nothing was measured yet."""
+        pace = self._known.get((self.model, self.batch_size))
+        return None if pace is None or audio_seconds <= 0 else pace * 100 / audio_seconds
+
+    def learn(self, rate: float | None, audio_seconds: float) -> None:
+        """Keep the pace of an attempt that decoded `audio_seconds` at `rate` percent/s."""
+        if rate is not None:
+            self._known[(self.model, self.batch_size)] = rate * audio_seconds / 100
+
+
+class AppendedJson(Func):
+    """A JSON array column with `items` added at its end, in the database: a flush sends
+    the new segments only, not the whole transcript so far again (which made the writes of
+    a long run grow with the square of its length).
+
+    PostgreSQL concatenates jsonb arrays with `||`; SQLite keeps JSON as text and appends
+    with `json_insert(column, '$[#]', item, …)`.
+    """
+
+    arg_joiner = " || "
+    template = "(%(expressions)s)"
+    output_field = JSONField()
+
+    def __init__(self, column: str, items: list[dict[str, Any]]) -> None:
+        super().__init__(F(column), Value(items, output_field=JSONField()))
+        self.items = items
+
+    def as_sqlite(
+        self, compiler: SQLCompiler, connection: BaseDatabaseWrapper, **extra_context: Any
+    ) -> _AsSqlType:
+        column_sql, params = compiler.compile(self.get_source_expressions()[0])
+        appends = ", ".join(["'$[#]', json(%s)"] * len(self.items))
+        return f"json_insert({column_sql}, {appends})", (
+            *params,
+            *(json.dumps(item) for item in self.items),
+        )
+
+
+class ProgressWriter:
+    """Collects segments as the engine yields them; writes and announces them, throttled,
+    with the progress and ETA of `clock`.
+
+    Two threads call it: the attempt's (the engine's callbacks) and the ticker's (`ticking`),
+    which sends an `update` whenever the engine has been quiet for QUIET_UPDATE_SECONDS. A
+    lock makes their writes one sequence: progress never goes back and segments go out in
+    order, each once.
+    """
+
+    def __init__(
+        self, run: TranscriptRun, attempt: Attempt, *, assumed_rate: float | None = None
+    ) -> None:
         self.run = run
         self.attempt = attempt
-        self.segments: list[dict[str, Any]] = []
         self.unsent: list[dict[str, Any]] = []
-        self.progress = 0.0
+        self.clock = ProgressClock(assumed_rate=assumed_rate)
         self.last_flush = time.monotonic()
+        self.lock = threading.Lock()
+
+    def window(self, start: float, end: float) -> None:
+        with self.lock:
+            self.clock.window(start, end, time.monotonic())
 
     def segment(self, item: dict[str, Any], progress: float) -> None:
         # Every segment checks the claim (a heartbeat reads only memory) and honours a
@@ -55,22 +190,70 @@ class ProgressWriter:
         self.attempt.heartbeat()
         if TranscriptRun.objects.filter(pk=self.run.pk, cancel_requested_at__isnull=False).exists():
             raise Cancelled()
-        self.segments.append(item)
-        self.unsent.append(item)
-        self.progress = max(self.progress, progress)  # never backwards within an attempt
-        if time.monotonic() - self.last_flush >= UPDATE_INTERVAL_SECONDS:
-            self.flush()
+        with self.lock:
+            self.unsent.append(item)
+            self.clock.point(progress, time.monotonic())
+            if time.monotonic() - self.last_flush >= UPDATE_INTERVAL_SECONDS:
+                self.flush()
+
+    def tick(self) -> float:
+        """The ticker's turn: an `update` if none went out for QUIET_UPDATE_SECONDS. Returns
+        the seconds until the next one is due."""
+        with self.lock:
+            quiet = time.monotonic() - self.last_flush
+            if quiet >= QUIET_UPDATE_SECONDS:
+                self.flush()
+                quiet = 0.0
+        return QUIET_UPDATE_SECONDS - quiet
 
     def flush(self) -> None:
+        """Write and announce progress, ETA and the unsent segments. Call it holding `lock`."""
+        now = time.monotonic()
+        progress = self.clock.progress(now)
+        left = self.clock.seconds_left(now)
+        finish_at = None if left is None else timezone.now() + timedelta(seconds=left)
+        changes: dict[str, Any] = {"progress": progress, "estimated_finish_at": finish_at}
+        if self.unsent:
+            changes["segments"] = AppendedJson("segments", self.unsent)
         with transaction.atomic():
-            updated = held_run(self.attempt).update(progress=self.progress, segments=self.segments)
-            if not updated:
+            if not held_run(self.attempt).update(**changes):
                 raise ClaimLost(f"run {self.run.pk} is no longer processing")
-            self.run.progress = self.progress
-            self.run.segments = self.segments
+            self.run.progress = progress
+            self.run.estimated_finish_at = finish_at
             publish(self.run, "update", newSegments=self.unsent)
         self.unsent = []
-        self.last_flush = time.monotonic()
+        self.last_flush = now
+
+    @contextlib.contextmanager
+    def ticking(self) -> Iterator[None]:
+        """Updates keep going out while the block runs, however long the engine is quiet."""
+        stopped = threading.Event()
+        ticker = threading.Thread(
+            target=self._tick_until, args=(stopped,), name=f"progress-{self.run.pk}", daemon=True
+        )
+        ticker.start()
+        try:
+            yield
+        finally:
+            stopped.set()
+            ticker.join(timeout=10)
+
+    def _tick_until(self, stopped: threading.Event) -> None:
+        """The ticker thread, on a database connection of its own. A lost claim ends it (the
+        attempt finds out at its next safe point); any other error is logged and the next
+        tick tries again."""
+        try:
+            wait = QUIET_UPDATE_SECONDS
+            while not stopped.wait(max(wait, 0.01)):
+                try:
+                    wait = self.tick()
+                except ClaimLost:
+                    return
+                except Exception:
+                    logger.warning("run %s: progress update failed", self.run.pk, exc_info=True)
+                    wait = QUIET_UPDATE_SECONDS
+        finally:
+            connection.close()
 
 
 def held_run(attempt: Attempt) -> QuerySet[TranscriptRun]:
@@ -126,6 +309,7 @@ class TranscribeHandler(BaseJobHandler[Transcribed]):
                 status=RunStatus.PROCESSING,
                 started_at=timezone.now(),
                 progress=0.0,
+                estimated_finish_at=None,
                 segments=[],
                 text="",
                 error_code="",
@@ -141,7 +325,6 @@ class TranscribeHandler(BaseJobHandler[Transcribed]):
         run = self._run(attempt.job)
         if run.audio.purged_at is not None or not run.audio.path.exists():
             raise PermanentError("audio_missing", "The audio file is no longer stored.")
-        writer = ProgressWriter(run, attempt)
         options = engine.Options(
             model=run.model,
             language=run.language or None,
@@ -151,18 +334,31 @@ class TranscribeHandler(BaseJobHandler[Transcribed]):
             beam_size=run.beam_size,
             initial_prompt=run.initial_prompt or None,
         )
+        allow_batched = run.mode == RunMode.ASYNC
+        pace = Pace(
+            run.model,
+            engine.batch_size_for(
+                options, duration_ms=run.audio.duration_ms, allow_batched=allow_batched
+            ),
+        )
+        seconds = run.audio.duration_ms / 1000
+        writer = ProgressWriter(run, attempt, assumed_rate=pace.assumed_rate(seconds))
         try:
-            result = engine.transcribe(
-                run.audio.path,
-                options,
-                duration_ms=run.audio.duration_ms,
-                max_duration_ms=self.max_duration_ms(),
-                on_segment=writer.segment,
-            )
+            with writer.ticking():
+                result = engine.transcribe(
+                    run.audio.path,
+                    options,
+                    duration_ms=run.audio.duration_ms,
+                    max_duration_ms=self.max_duration_ms(),
+                    on_segment=writer.segment,
+                    on_window=writer.window,
+                    allow_batched=allow_batched,
+                )
         except engine.EngineError as exc:
             if exc.permanent:
                 raise PermanentError(exc.code, exc.message) from exc
             raise
+        pace.learn(writer.clock.measured_rate(), seconds)
         return Transcribed(result, writer.unsent)
 
     def succeeded(self, attempt: Attempt, transcribed: Transcribed) -> None:
@@ -222,7 +418,7 @@ class TranscribeHandler(BaseJobHandler[Transcribed]):
     def _requeued(self, job: Job) -> TranscriptRun | None:
         run = self._run(job)
         if not TranscriptRun.objects.filter(pk=run.pk, status__in=ACTIVE).update(
-            status=RunStatus.QUEUED, progress=0.0
+            status=RunStatus.QUEUED, progress=0.0, estimated_finish_at=None
         ):
             return None
         run.refresh_from_db()

@@ -4,8 +4,9 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, TypedDict
+from typing import TYPE_CHECKING, ClassVar, TypedDict
 
 from django.conf import settings
 from django.db import models
@@ -14,7 +15,7 @@ from django.db.models.expressions import RowRange
 from django.db.models.functions import RowNumber
 from django.utils import timezone
 
-from tasks_admin.models import CLAIM_ORDER, Job, Worker
+from tasks_admin.models import CLAIM_ORDER, Job, JobStatus, Worker
 
 if TYPE_CHECKING:  # django-stubs-ext is a development dependency
     from django_stubs_ext import WithAnnotations
@@ -103,6 +104,9 @@ class TranscriptRun(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    # While processing: when the attempt expects to finish, from the rate it measured since
+    # decoding began (the model load excluded); null until it has a rate to go by.
+    estimated_finish_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         db_table = "transcript_run"
@@ -146,15 +150,12 @@ class TranscriptRun(models.Model):
         return int((end - self.started_at).total_seconds() * 1000)
 
     def estimated_seconds_remaining(self, queue: QueueSnapshot) -> int | None:
-        """Processing: from this run's rate of progress so far. Queued: what `queue` says.
-        None until there is a rate to go by."""
-        if self.status == RunStatus.PROCESSING and self.started_at is not None:
-            if self.progress >= 100:
-                return 0
-            if self.progress <= 0:
+        """Processing: until the finish its attempt estimated (transcription/jobs.py,
+        ProgressClock). Queued: what `queue` says. None until there is a rate to go by."""
+        if self.status == RunStatus.PROCESSING:
+            if self.estimated_finish_at is None:
                 return None
-            elapsed = (timezone.now() - self.started_at).total_seconds()
-            return max(0, round(elapsed * (100 - self.progress) / self.progress))
+            return max(0, round((self.estimated_finish_at - timezone.now()).total_seconds()))
         if self.status == RunStatus.QUEUED:
             return queue.seconds_until_done(self)
         return None
@@ -202,6 +203,44 @@ class QueueSnapshot:
     places: Mapping[uuid.UUID, QueuePlace]
     processes: int = 1
     speed: float | None = None
+
+    # This process's last read of the whole queue (`shared`), and when (time.monotonic()).
+    _last_read: ClassVar[tuple[float, QueueSnapshot | None]] = (0.0, None)
+
+    @classmethod
+    def shared(cls, runs: Iterable[TranscriptRun]) -> QueueSnapshot:
+        """The places of these runs from this process's last read of the whole queue, made
+        at most QUEUE_SNAPSHOT_TTL_MS ago: what web answers use, so that an answer costs the
+        same whatever the length of the queue and however often it is asked.
+
+        The queue is read again (one window query over all waiting jobs, O(queue) but at most
+        once per TTL per process, not once per answer) when that read is too old, or when it
+        cannot know one of the runs (it became waiting after the read, e.g. was just
+        submitted). A run ahead that started or left meanwhile is still counted, for at most
+        the TTL; the events announce the exact positions as they change. The runs come with
+        their jobs (`representations.with_relations`). 0 ms: `of()`, a read per answer.
+        """
+        runs = list(runs)
+        ttl = settings.QUEUE_SNAPSHOT_TTL_MS / 1000
+        if ttl <= 0 or not any(run.status == RunStatus.QUEUED for run in runs):
+            return cls.of(runs)
+        read_at, snapshot = cls._last_read
+        now = timezone.now()
+        if (
+            snapshot is None
+            or time.monotonic() - read_at >= ttl
+            or any(snapshot._misses(run, now) for run in runs)
+        ):
+            snapshot = cls._read(_waiting_with_places())
+            cls._last_read = (time.monotonic(), snapshot)
+        return snapshot
+
+    def _misses(self, run: TranscriptRun, now: datetime) -> bool:
+        """Whether the run waits in the queue now but is not in this snapshot."""
+        if run.status != RunStatus.QUEUED or run.pk in self.places:
+            return False
+        jobs = run.jobs_oldest_first()
+        return bool(jobs) and _in_line(jobs[-1], run, now)
 
     @classmethod
     def of(cls, runs: Iterable[TranscriptRun]) -> QueueSnapshot:
@@ -256,6 +295,14 @@ class QueueSnapshot:
 class _Place(TypedDict):
     position: int
     audio_ms_ahead: int | None
+
+
+def _in_line(job: Job, run: TranscriptRun, now: datetime) -> bool:
+    """What `_waiting_with_places` counts, for one job in memory."""
+    held_for_sync = (
+        run.mode == RunMode.SYNC and job.picked_until is not None and job.picked_until > now
+    )
+    return job.status == JobStatus.QUEUED and job.run_after <= now and not held_for_sync
 
 
 def _waiting_with_places() -> QuerySet[WithAnnotations[Job, _Place]]:

@@ -259,7 +259,8 @@ class TokenAnswerSerializer(serializers.Serializer):
 
 
 def progress_context(runs: Iterable[TranscriptRun]) -> dict[str, Any]:
-    return {"queue": QueueSnapshot.of(runs)}
+    # This process's recent read of the queue: an answer's cost does not grow with the queue.
+    return {"queue": QueueSnapshot.shared(runs)}
 
 
 def run_context(runs: Sequence[TranscriptRun]) -> dict[str, Any]:

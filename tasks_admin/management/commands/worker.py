@@ -110,6 +110,16 @@ def units(worker: Worker) -> list[Unit]:
     ]
 
 
+def lower_priority(nice: int) -> int:
+    """Run this process, and every process and thread it starts from now on, at OS nice value
+    `nice` (WORKER_NICE) or lower priority still if it already runs so: when transcription
+    and the web share the CPUs, the web answers first. Returns the nice value in force."""
+    current = os.getpriority(os.PRIO_PROCESS, 0)
+    if nice > current:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    return os.getpriority(os.PRIO_PROCESS, 0)
+
+
 def prune_finished_jobs() -> int:
     return Job.objects.prune_finished(days=settings.JOB_RETENTION_DAYS)
 
@@ -138,7 +148,9 @@ class Command(BaseCommand):
             processes=settings.MAX_CONCURRENT_JOBS,
         )
         os.environ[CLUSTER_ENV] = worker.id
-        self.stdout.write(self._banner(worker))
+        # Before django-q2 forks: its workers, pusher and monitor inherit it.
+        nice = lower_priority(settings.WORKER_NICE)
+        self.stdout.write(self._banner(worker, nice))
         self.stdout.flush()
         # CTranslate2 is not fork-safe: nothing here may load the model. Each worker process
         # loads it lazily on its first job and keeps it.
@@ -165,17 +177,22 @@ class Command(BaseCommand):
                 + (f"; {released} job(s) handed back to the queue." if released else ".")
             )
 
-    def _banner(self, worker: Worker) -> str:
+    def _banner(self, worker: Worker, nice: int) -> str:
         db = settings.DATABASES["default"]
         where = (
             db["NAME"]
             if db["ENGINE"].endswith("sqlite3")
             else f"{db.get('HOST') or 'localhost'}:{db.get('PORT') or 5432}/{db['NAME']}"
         )
+        wake = (
+            f"woken by NOTIFY, polling every {settings.POLL_INTERVAL} ms as a safety net"
+            if connection.vendor == "postgresql"
+            else f"polling every {settings.SQLITE_POLL_INTERVAL} ms"
+        )
         return (
-            f"LingoLoop worker {worker.id}: polling the job table on {connection.vendor} "
-            f"({where}) every {settings.POLL_INTERVAL} ms with {settings.MAX_CONCURRENT_JOBS} "
-            f"worker process(es), model {settings.WHISPER_MODEL}, events via "
+            f"LingoLoop worker {worker.id}: the job table on {connection.vendor} ({where}), "
+            f"{wake}, with {settings.MAX_CONCURRENT_JOBS} worker process(es) at nice {nice}, "
+            f"model {settings.WHISPER_MODEL}, events via "
             f"{'Redis' if settings.REDIS_URL else 'the database'}."
         )
 

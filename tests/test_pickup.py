@@ -1,0 +1,179 @@
+"""Pickup without polling delay, workers below the web's priority, and queue positions that do
+not make a web answer wait on the length of the queue (issue 11)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from django.db import connection, transaction
+
+from tasks_admin.broker import NOTIFY_CHANNEL, DueJobSignal, JobBroker
+from tasks_admin.models import Job, JobStatus, Worker
+from tasks_admin.services import job_enqueue
+from tests.conftest import wait_until
+from tests.test_queue_announcements import queued, recent_speed_is
+from transcription.models import QueueSnapshot, RunStatus, TranscriptRun
+
+on_postgresql = pytest.mark.skipif(
+    "connection.vendor != 'postgresql'", reason="LISTEN/NOTIFY is PostgreSQL's"
+)
+
+# --- The wake-up on PostgreSQL ----------------------------------------------------------------
+
+
+@pytest.fixture
+def listener(transactional_db) -> Iterator[psycopg.Connection[Any]]:  # type: ignore[no-untyped-def]
+    """A connection of its own that LISTENs as the pusher does (NOTIFY comes on commit)."""
+    conn = connection.get_new_connection(connection.get_connection_params())
+    conn.autocommit = True
+    conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+    yield conn
+    conn.close()
+
+
+def notified(conn: psycopg.Connection[Any], within: float) -> bool:
+    return any(True for _ in conn.notifies(timeout=within, stop_after=1))
+
+
+@on_postgresql
+def test_a_job_queued_notifies_on_commit_and_a_pick_does_not(listener):
+    with transaction.atomic():
+        job = job_enqueue(job_type="purge_audio")
+        assert not notified(listener, 0.2), "delivered before the commit"
+    assert notified(listener, 10)
+
+    assert JobBroker().pick(limit=1) == [job.pk]
+    held = job_enqueue(job_type="purge_audio", hold=True)  # a web process's sync job
+    assert not notified(listener, 0.5)
+
+    Job.objects.filter(pk=held.pk).update(picked_by="", picked_until=None)  # hold dropped
+    assert notified(listener, 10)
+
+
+@on_postgresql
+def test_a_job_handed_back_to_the_queue_notifies(listener):
+    job = job_enqueue(job_type="purge_audio")
+    assert job.claim("c1:box:1")
+    assert notified(listener, 10)  # its enqueueing
+
+    assert job.retry_later("c1:box:1", error="boom", delay=timedelta())
+    assert notified(listener, 10)
+
+
+@on_postgresql
+@pytest.mark.django_db(transaction=True)
+def test_the_pusher_wakes_on_notify_long_before_its_poll():
+    signal = DueJobSignal()
+    signal.wait(0)  # opens the LISTEN connection
+    woke = threading.Event()
+
+    def wait() -> None:
+        signal.wait(120)
+        woke.set()
+
+    waiter = threading.Thread(target=wait, daemon=True)
+    waiter.start()
+    try:
+        job_enqueue(job_type="purge_audio")
+        wait_until(woke.is_set, 20, "the pusher to wake on NOTIFY")
+    finally:
+        signal.close()
+
+
+@pytest.mark.slow
+def test_an_idle_worker_starts_a_job_long_before_its_safety_poll(service):
+    """PostgreSQL: woken by NOTIFY; SQLite: SQLITE_POLL_INTERVAL, not POLL_INTERVAL."""
+    service.start_web()
+    service.worker(POLL_INTERVAL="600000", SQLITE_POLL_INTERVAL="100")
+    run = service.submit()
+    service.wait_for_status(run["runId"], RunStatus.PROCESSING, timeout=30)
+
+
+# --- Worker priority ----------------------------------------------------------------------------
+
+
+def nice_of(pid: int) -> int:
+    """Field 19 of /proc/<pid>/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[16])
+
+
+def cluster_processes(master: int) -> list[int]:
+    from tasks_admin.management.commands.worker import descendants
+
+    return [master, *descendants(master)]
+
+
+@pytest.mark.slow
+def test_worker_processes_run_niced_and_the_web_does_not(service):
+    service.start_web()
+    web_pid = service.processes.started[-1][0].pid
+    worker = service.worker(WORKER_NICE="7")
+    wait_until(lambda: len(cluster_processes(worker.pid)) >= 4, 30, "django-q2 to fork")
+
+    assert nice_of(web_pid) == 0
+    assert {nice_of(pid) for pid in cluster_processes(worker.pid)} == {7}
+
+
+@pytest.mark.slow
+def test_worker_nice_zero_leaves_the_priority_alone(service):
+    worker = service.worker(WORKER_NICE="0")
+    wait_until(lambda: len(cluster_processes(worker.pid)) >= 4, 30, "django-q2 to fork")
+
+    assert {nice_of(pid) for pid in cluster_processes(worker.pid)} == {0}
+
+
+# --- Queue positions in web answers -------------------------------------------------------------
+
+
+@pytest.fixture
+def reused_queue_reads(settings, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    settings.QUEUE_SNAPSHOT_TTL_MS = 600_000  # never runs out within a test
+    monkeypatch.setattr(QueueSnapshot, "_last_read", (0.0, None))
+    recent_speed_is(monkeypatch, 1.0)
+
+
+@pytest.mark.django_db
+def test_answers_reuse_the_last_read_of_the_queue(
+    alice, reused_queue_reads, django_assert_num_queries
+):
+    from tests.test_query_counts import PROGRESS_QUERIES
+
+    Worker.objects.create(id="w1", host="box", pid=1, processes=1)
+    runs = [queued(alice.user) for _ in range(30)]
+    first = alice.client.get(f"/api/runs/{runs[-1].pk}/progress").json()
+
+    # Token and user, the run, its jobs: no read of the queue or of the workers.
+    with django_assert_num_queries(PROGRESS_QUERIES - 2):
+        again = alice.client.get(f"/api/runs/{runs[-1].pk}/progress").json()
+
+    assert first["queuePosition"] == again["queuePosition"] == 30
+
+
+@pytest.mark.django_db
+def test_a_run_the_last_read_cannot_know_reads_the_queue_again(alice, reused_queue_reads):
+    runs = [queued(alice.user) for _ in range(3)]
+    assert alice.client.get(f"/api/runs/{runs[0].pk}/progress").json()["queuePosition"] == 1
+
+    late = queued(alice.user)  # became waiting after that read
+
+    assert alice.client.get(f"/api/runs/{late.pk}/progress").json()["queuePosition"] == 4
+
+
+@pytest.mark.django_db
+def test_a_run_that_left_the_queue_has_no_position_whatever_the_last_read(
+    alice, reused_queue_reads
+):
+    runs = [queued(alice.user) for _ in range(2)]
+    assert alice.client.get(f"/api/runs/{runs[0].pk}/progress").json()["queuePosition"] == 1
+
+    Job.objects.filter(run=runs[0]).update(status=JobStatus.CANCELLED)
+    TranscriptRun.objects.filter(pk=runs[0].pk).update(status=RunStatus.CANCELLED)
+
+    assert alice.client.get(f"/api/runs/{runs[0].pk}/progress").json()["queuePosition"] == 0
