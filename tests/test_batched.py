@@ -133,7 +133,7 @@ def recording(batches: list[int]) -> Callable[..., Any]:
 def test_batched_long_audio_keeps_its_words_in_order_with_progress_in_order(
     tmp_path, settings, monkeypatch
 ):
-    settings.WHISPER_BATCH_SIZE = 4  # windows of 120 s: three of them
+    settings.WHISPER_BATCH_SIZE = 4  # a first window of 30 s, then windows of 120 s
     batches: list[int] = []
     monkeypatch.setattr(engine, "_window_segments", recording(batches))
     speech = flac_speech(tmp_path / "talk.flac", repeats=24)  # 288 s
@@ -169,6 +169,8 @@ def test_batched_long_audio_keeps_its_words_in_order_with_progress_in_order(
     progress = [value for name, value in calls if name == "segment"]
     assert len(windows) == len(batches)
     assert windows == sorted(windows) and progress == sorted(progress)
+    # The first window is short, so progress has a real point (and a pace) early.
+    assert 0 < windows[1] <= 100 * engine.FIRST_BATCHED_WINDOW_SECONDS / 288
     assert 0 < progress[-1] < 100
 
 

@@ -53,6 +53,17 @@ def test_windows_hold_at_most_their_size_and_restart_where_they_are_told():
     assert last.shape[0] == int(3.5 * SAMPLE_RATE) and last[-1] == 9
 
 
+def test_a_first_window_may_be_shorter_than_the_rest():
+    second = np.ones(SAMPLE_RATE, dtype=np.float32)
+    windows = Windows(iter([second * i for i in range(10)]), seconds=4, first_seconds=2)
+
+    first, _ = windows.current()
+    assert first.shape[0] == 2 * SAMPLE_RATE
+    windows.advance(2)
+    then, _ = windows.current()
+    assert then.shape[0] == 4 * SAMPLE_RATE and then[0] == 2
+
+
 def test_the_engine_refuses_audio_past_its_limit_as_a_permanent_error(tmp_path):
     path = long_speech(tmp_path / "long.wav", repeats=15)  # 180 s: the first window is 120 s
 

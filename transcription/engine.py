@@ -110,6 +110,7 @@ def get_model(name: str) -> Any:
 # again at that segment's start, with the text before it as its prompt.
 WINDOW_SECONDS = 120.0
 TAIL_GUARD_SECONDS = 5.0
+FIRST_BATCHED_WINDOW_SECONDS = 30.0
 PROMPT_CHARS = 200
 
 
@@ -388,7 +389,10 @@ def transcribe(
     # The batched pipeline extracts features chunk by chunk (30 s each), so its window can
     # hold a whole batch of chunks without holding much more memory.
     seconds = max(WINDOW_SECONDS, 30.0 * batch)
-    windows = Windows(pcm_chunks(path, max_ms=max_duration_ms), seconds)
+    # A batched window's segments all come at its end; a short first one gives progress its
+    # first real point, and the pace to interpolate by, early (jobs.ProgressClock).
+    first = FIRST_BATCHED_WINDOW_SECONDS if batch else seconds
+    windows = Windows(pcm_chunks(path, max_ms=max_duration_ms), seconds, first_seconds=first)
     result = Result(language=options.language or "", language_probability=1.0, duration=0.0)
     language = options.language
     prompt = options.initial_prompt

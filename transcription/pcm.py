@@ -50,16 +50,21 @@ def pcm_chunks(path: Path, *, max_ms: int) -> Iterator[np.ndarray]:
 
 
 class Windows:
-    """Hands out windows of at most `seconds` of audio from a chunk iterator.
+    """Hands out windows of at most `seconds` of audio (the first: `first_seconds`) from a
+    chunk iterator.
 
     The caller says where the next window starts (`advance`): the engine restarts a window
     at the start of a segment the previous window may have cut in two. Only the current
     window and the chunk being read are held in memory.
     """
 
-    def __init__(self, chunks: Iterator[np.ndarray], seconds: float) -> None:
+    def __init__(
+        self, chunks: Iterator[np.ndarray], seconds: float, *, first_seconds: float | None = None
+    ) -> None:
         self.chunks = chunks
-        self.size = int(seconds * SAMPLE_RATE)
+        self.next_size = int(seconds * SAMPLE_RATE)
+        # The first window may be shorter: it ends sooner, which gives progress a first point.
+        self.size = int((first_seconds or seconds) * SAMPLE_RATE)
         self.buffer = np.empty(0, dtype=np.float32)
         self.offset = 0  # samples of the whole audio before self.buffer[0]
         self.exhausted = False
@@ -89,3 +94,4 @@ class Windows:
         dropped = max(1, min(int(seconds * SAMPLE_RATE), self.buffer.shape[0]))
         self.buffer = self.buffer[dropped:].copy()  # a view would keep the old buffer alive
         self.offset += dropped
+        self.size = self.next_size
