@@ -331,6 +331,9 @@ WORKER_NICE = env_int("WORKER_NICE", 10, minimum=0)
 # How long a web process may answer queue positions from its last read of the queue (0: read
 # the queue for every answer). A run the read could not know of always forces a new read.
 QUEUE_SNAPSHOT_TTL_MS = env_int("QUEUE_SNAPSHOT_TTL_MS", 1000, minimum=0)
+# Queue positions are announced by a thread of each process, at most once per this interval
+# (0: right after each commit that moves the queue, in the committing thread).
+QUEUE_ANNOUNCE_INTERVAL_MS = env_int("QUEUE_ANNOUNCE_INTERVAL_MS", 1000, minimum=0)
 JOB_TIMEOUT = env_int("JOB_TIMEOUT", 1800, minimum=1)
 JOB_LEASE_SECONDS = env_int("JOB_LEASE_SECONDS", 60, minimum=3)
 # How long a cluster may hold a picked job in memory before another cluster may take it.

@@ -62,6 +62,21 @@ def test_the_eta_is_null_until_a_real_point_and_leaves_the_load_out():
     assert clock.seconds_left(now=45.0) == pytest.approx(35.0)
 
 
+def test_the_pace_leaves_the_short_first_window_out_once_the_next_one_has_a_point():
+    # A batched run decodes its first 30 s alone, far slower per second of audio than the
+    # full batches after it: an average since the start would keep the ETA too long.
+    clock = ProgressClock()
+    clock.window(0.0, 5.0, now=0.0)
+    clock.point(5.0, now=5.0)  # the first window: 1 % a second
+    clock.window(5.0, 25.0, now=5.0)
+    assert clock.seconds_left(now=5.0) == pytest.approx(95.0)  # no later pace yet
+    clock.point(15.0, now=6.0)  # 10 % in a second
+
+    assert clock.measured_rate() == pytest.approx(10.0)
+    assert clock.seconds_left(now=6.0) == pytest.approx(8.5)  # not the average's 34 s
+    assert clock.progress(now=6.5) == pytest.approx(20.0)
+
+
 def test_before_its_first_point_an_attempt_goes_by_the_pace_of_the_last_one():
     # A batched run's first window can be its whole file: without a pace to go by it would
     # show 0 % and no ETA until it is nearly done.

@@ -15,7 +15,7 @@ from django.utils import timezone
 from lingoloop import eventhub
 from tasks_admin.handlers import Attempt
 from tasks_admin.models import Job, Worker
-from tests.conftest import post_audio, queued_run
+from tests.conftest import post_audio, queued_run, wait_until
 from tests.test_admin import make_run
 from transcription.events import run_channel
 from transcription.jobs import JOB_TYPE_ASYNC, JOB_TYPE_SYNC, TranscribeHandler
@@ -51,6 +51,13 @@ def positions(client: Any) -> dict[str, int]:
 def recent_speed_is(monkeypatch: pytest.MonkeyPatch, speed: float) -> None:
     """What TranscriptRun.recent_speed() has cached: ETAs go by it, with no query for it."""
     monkeypatch.setattr(TranscriptRun, "_speed_cache", (time.monotonic(), speed))
+
+
+@pytest.fixture(autouse=True)
+def announced_in_the_committing_thread(settings: Any) -> None:
+    """These tests look at what each commit announces: right after it, in its own thread
+    (the announcer thread and its interval have a test of their own, at the end)."""
+    settings.QUEUE_ANNOUNCE_INTERVAL_MS = 0
 
 
 @pytest.fixture
@@ -173,3 +180,20 @@ def test_a_sync_run_announces_nothing(alice, jfk):
     assert response.status_code == 201, response.json()
     assert eventhub.events_after(run_channel(run.pk), seen) == ([], None)
     assert positions(alice.client)[waiting["runId"]] == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_announcer_thread_makes_one_pass_per_interval_and_announces_the_last_move(
+    alice, settings
+):
+    # A worker starting job after job from a long queue: each start moved the queue; the
+    # job must not wait for the pass, and passes must not outnumber the intervals.
+    settings.QUEUE_ANNOUNCE_INTERVAL_MS = 2000
+    ahead = [queued(alice.user) for _ in range(3)]
+    last = queued(alice.user)
+
+    for run in ahead:  # three moves, each in its own transaction, well within one interval
+        run_cancel(run=run)
+
+    wait_until(lambda: announced_positions(last)[-1:] == [1], 15, "the last move announced")
+    assert len(announced_positions(last)) <= 2  # a pass at once, one after the interval

@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import threading
+import time
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from lingoloop.eventhub import announce, store
@@ -160,7 +164,7 @@ def announce_queue_positions() -> None:
     """
     if _announcement_pending():
         return
-    transaction.on_commit(_announce_pass, robust=True)
+    transaction.on_commit(_request_pass, robust=True)
 
 
 def _announcement_pending() -> bool:
@@ -173,12 +177,61 @@ def _announcement_pending() -> bool:
     (tests/test_queue_announcements.py has both cases).
     """
     connection = transaction.get_connection()
-    return any(callback is _announce_pass for _, callback, _ in connection.run_on_commit)
+    return any(callback is _request_pass for _, callback, _ in connection.run_on_commit)
+
+
+def _request_pass() -> None:
+    """After the commit: the pass itself, or a request for one to the announcer thread."""
+    if settings.QUEUE_ANNOUNCE_INTERVAL_MS <= 0:
+        _announce_pass()
+    else:
+        _announcer.request()
+
+
+class Announcer:
+    """Runs the announcement passes of this process in a thread of its own, at most one per
+    QUEUE_ANNOUNCE_INTERVAL_MS: the job whose start moved the queue does not wait for the
+    pass (with a long queue, 50 runs read, serialised and stored: most of the per-job cost of
+    many small files, bench/async_path.py), and a worker starting job after job makes one
+    pass per interval, not one per job. A move during a pass or the interval after it gets a
+    pass of its own once the interval is over, so the last move is always announced."""
+
+    def __init__(self) -> None:
+        self.wanted = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.pid = 0
+        self.lock = threading.Lock()
+
+    def request(self) -> None:
+        self.wanted.set()
+        with self.lock:
+            # A forked worker process inherits no thread: it starts its own.
+            if self.thread is None or self.pid != os.getpid() or not self.thread.is_alive():
+                self.pid = os.getpid()
+                self.thread = threading.Thread(
+                    target=self._run, name="queue-announcer", daemon=True
+                )
+                self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            self.wanted.wait()
+            self.wanted.clear()
+            try:
+                _announce_pass()
+            except Exception:
+                logger.exception("announcing queue positions failed")
+            finally:
+                connection.close()
+            time.sleep(settings.QUEUE_ANNOUNCE_INTERVAL_MS / 1000)
+
+
+_announcer = Announcer()
 
 
 def _announce_pass() -> None:
-    """Runs after the commit; a failure is logged (robust), never raised into the request or
-    job whose transaction it follows."""
+    """After the commit of a move; a failure is logged, never raised into the request or job
+    whose transaction it follows."""
     queue = QueueSnapshot.head(QUEUE_ANNOUNCE_LIMIT)
     waiting = queue.in_order()
     runs = with_relations(TranscriptRun.objects.filter(pk__in=waiting, status=RunStatus.QUEUED))

@@ -59,26 +59,31 @@ class ProgressClock:
 
     The engine reports real points: a window's decoding begins (all before it is done; the
     first one also says the model is loaded) and a segment ends. Between them progress moves
-    on at the rate this attempt has measured since decoding began (percent of the audio per
-    wall second: the model load is not in it), but never past the end of the window being
-    decoded (no segment of it can end later), never backwards, and never to 100. The ETA is
-    the time the rest takes at that rate. Plain arithmetic on `time.monotonic()` values.
+    on from the furthest real point at the attempt's pace (percent of the audio per wall
+    second: the model load is not in it), but never past the end of the window being decoded
+    (no segment of it can end later), never backwards, and never to 100. The ETA is the time
+    the rest takes at that pace. The pace is measured from the second window on once it has
+    a point past its start: a batched run's first window is short and decoded at another
+    pace than the full batches after it. Plain arithmetic on `time.monotonic()` values.
     """
 
     def __init__(self, *, assumed_rate: float | None = None) -> None:
         # Percent per second to go by until this attempt's first real point: the pace of
-        # this process's previous attempt of the same kind (a batched run's first window
-        # can be its whole file, so its own first point may come only near the end).
+        # this process's previous attempt of the same kind.
         self.assumed_rate = assumed_rate
         self.decoding_since: float | None = None
         self.reached = 0.0  # the furthest real point, percent
         self.reached_at = 0.0
+        self.anchor = (0.0, 0.0)  # where the pace is measured from: (percent, time)
         self.window_end = 0.0
         self.shown = 0.0
 
     def window(self, start: float, end: float, now: float) -> None:
         if self.decoding_since is None:
-            self.decoding_since = now
+            self.decoding_since = self.reached_at = now
+            self.anchor = (0.0, now)
+        elif self.anchor[0] == 0.0 and start > 0:
+            self.anchor = (start, now)  # the first window is done: the pace from here on
         self.point(start, now)
         self.window_end = end
 
@@ -87,27 +92,34 @@ class ProgressClock:
             self.reached, self.reached_at = percent, now
 
     def measured_rate(self) -> float | None:
-        """This attempt's own pace, percent per second, up to its furthest real point; None
-        before there is one."""
+        """This attempt's own pace, percent per second: since the anchor when there is a
+        real point past it, else since decoding began; None before any real point."""
         if self.decoding_since is None or self.reached <= 0:
             return None
+        anchor_percent, anchor_at = self.anchor
+        if self.reached > anchor_percent and self.reached_at > anchor_at:
+            return (self.reached - anchor_percent) / (self.reached_at - anchor_at)
         spent = self.reached_at - self.decoding_since
         return self.reached / spent if spent > 0 else None
 
+    def _rate(self) -> float | None:
+        return self.measured_rate() or self.assumed_rate
+
     def progress(self, now: float) -> float:
-        rate = self.measured_rate() or self.assumed_rate
+        rate = self._rate()
         if rate is not None and self.decoding_since is not None:
-            moved = rate * (now - self.decoding_since)
+            moved = self.reached + rate * (now - self.reached_at)
             self.shown = max(self.shown, min(moved, self.window_end, INTERPOLATION_CEILING))
         self.shown = max(self.shown, self.reached)
         return self.shown
 
     def seconds_left(self, now: float) -> float | None:
-        """At the pace of decoding so far; None until there is a pace to go by."""
+        """At the attempt's pace; None until there is a pace to go by."""
         progress = self.progress(now)
-        if self.decoding_since is None or progress <= 0:
+        rate = self._rate()
+        if self.decoding_since is None or rate is None or progress <= 0:
             return None
-        return (now - self.decoding_since) * (100 - progress) / progress
+        return (100 - progress) / rate
 
 
 @dataclass(frozen=True)
