@@ -150,6 +150,15 @@ def alice(db) -> Account:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
+def root(db) -> Account:  # type: ignore[no-untyped-def]
+    """A superuser: every admin page and action."""
+    account = make_account("root", staff=True)
+    account.user.is_superuser = True  # type: ignore[attr-defined]
+    account.user.save()  # type: ignore[attr-defined]
+    return account
+
+
+@pytest.fixture
 def bob(db) -> Account:  # type: ignore[no-untyped-def]
     return make_account("bob")
 

@@ -79,14 +79,6 @@ def operator(db) -> Account:  # type: ignore[no-untyped-def]
     return make_account("operator", staff=True)
 
 
-@pytest.fixture
-def root(db) -> Account:  # type: ignore[no-untyped-def]
-    account = make_account("root", staff=True)
-    account.user.is_superuser = True  # type: ignore[attr-defined]
-    account.user.save()  # type: ignore[attr-defined]
-    return account
-
-
 def run_action(client: Client, model: str, action: str, objects: list[Any]) -> str:
     """Run a changelist action on `objects`; the page it lands on, with its messages."""
     response = client.post(

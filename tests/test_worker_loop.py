@@ -24,17 +24,8 @@ from tasks_admin.management.commands.worker import Unit, prune_finished_jobs, ru
 from tasks_admin.models import Job, JobStatus, Worker
 from tasks_admin.runner import LeaseKeeper, Outcome, enqueue_periodic_jobs, run_job
 from tasks_admin.services import job_enqueue
-from tests.conftest import Account, make_account
 from tests.test_admin import logged_in, make_run
 from transcription.models import RunStatus
-
-
-@pytest.fixture
-def root(db) -> Account:  # type: ignore[no-untyped-def]
-    account = make_account("root", staff=True)
-    account.user.is_superuser = True  # type: ignore[attr-defined]
-    account.user.save()  # type: ignore[attr-defined]
-    return account
 
 
 def claimed(job_type: str = "test.record", worker_id: str = "c1:host:1") -> Attempt:
