@@ -239,3 +239,25 @@ def test_a_sentence_the_batch_drops_is_decoded_again(tmp_path, settings, monkeyp
 
     assert len(words(result.text)) >= 0.9 * 3 * 23
     assert [s["start"] for s in result.segments] == sorted(s["start"] for s in result.segments)
+
+
+def test_a_gap_decoded_again_has_its_words_in_the_windows_time(tmp_path, settings):
+    from faster_whisper import decode_audio
+
+    audio = decode_audio(str(flac_speech(tmp_path / "talk.flac", repeats=3)))  # 36 s
+    kwargs = {
+        "language": "en",
+        "task": "transcribe",
+        "beam_size": 5,
+        "word_timestamps": True,
+        "vad_filter": False,
+        "initial_prompt": None,
+    }
+
+    segments = engine._decode_gap(
+        engine.get_model(settings.WHISPER_MODEL), audio, (12.0, 24.0), kwargs, ""
+    )
+
+    found = [word for segment in segments for word in segment.words]
+    assert found and all(12.0 <= word.start <= word.end <= 24.5 for word in found)
+    assert all(12.0 <= segment.start <= segment.end <= 24.0 for segment in segments)

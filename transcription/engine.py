@@ -322,7 +322,7 @@ def _decode_gap(
     model: Any, audio: np.ndarray, span: tuple[float, float], kwargs: dict[str, Any], before: str
 ) -> list[Any]:
     """`span` of the audio decoded sequentially (with its temperature fallback), its
-    segments' times in the window's."""
+    segments' times (and their words', if asked for) in the window's."""
     start, end = span
     piece = audio[int(start * SAMPLE_RATE) : int(end * SAMPLE_RATE)]
     segments, _ = model.transcribe(
@@ -331,7 +331,14 @@ def _decode_gap(
         condition_on_previous_text=False,
     )
     return [
-        dataclasses.replace(s, start=start + s.start, end=min(start + s.end, end)) for s in segments
+        dataclasses.replace(
+            s,
+            start=start + s.start,
+            end=min(start + s.end, end),
+            words=s.words
+            and [dataclasses.replace(w, start=start + w.start, end=start + w.end) for w in s.words],
+        )
+        for s in segments
     ]
 
 
