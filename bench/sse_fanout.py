@@ -9,7 +9,7 @@ environment sets.
 
 For each delivery mode and each N in --clients, on a fresh temporary DATA_DIR:
 
-1. starts ONE web process (`python -m daphne ... lingoloop.asgi:application`), warms it up
+1. starts ONE web process (`python -m lingoloop.server`, as users run it), warms it up
    (health check, one stream opened and closed) and reads its resident memory (VmRSS);
 2. opens N concurrent SSE clients (asyncio sockets in this process, class SseReader) on
    `/api/runs/{id}/events?access_token=<eventsToken>`: all on one shared run (`--watch shared`)
@@ -196,12 +196,11 @@ def start_web(env: dict[str, str], port: int, log_file: Path) -> subprocess.Pope
             [
                 sys.executable,
                 "-m",
-                "daphne",
+                "lingoloop.server",
                 "-b",
                 "127.0.0.1",
                 "-p",
                 str(port),
-                "lingoloop.asgi:application",
             ],
             cwd=ROOT,
             env=env,

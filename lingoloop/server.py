@@ -2,6 +2,7 @@
 
 * The access log never shows tokens carried in query strings (see lingoloop.logs).
 * A form body is not parsed by Twisted (see `_parsePOSTFormSubmission` below).
+* At most two malloc arenas (see lingoloop.malloc): RSS that does not grow with every thread.
 * An oversized request body is refused while it streams: daphne (Twisted) would otherwise
   receive a whole body, to a temporary file, before the application sees any of it. A body
   announced or grown past MAX_UPLOAD_BYTES (plus the multipart envelope) gets a 413 in the
@@ -21,6 +22,7 @@ from daphne import cli, http_protocol
 from daphne.access import AccessLogGenerator
 
 from lingoloop.logs import redact
+from lingoloop.malloc import limit_arenas
 
 APPLICATION = "lingoloop.asgi:application"
 
@@ -85,6 +87,7 @@ class LimitedWebRequest(http_protocol.WebRequest):  # type: ignore[misc]
 
 
 def main(argv: list[str] | None = None) -> None:
+    limit_arenas()
     args = list(sys.argv[1:] if argv is None else argv)
     if not any(":" in arg and not arg.startswith("-") for arg in args):
         args.append(APPLICATION)

@@ -150,7 +150,7 @@ def test_regenerating_the_token_revokes_the_old_one(alice):
 @pytest.fixture(scope="session")
 def collected_static(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Static files collected once: a web process run with DEBUG off, as in production, serves
-    only what collectstatic gathered (whitenoise)."""
+    only what collectstatic gathered (servestatic)."""
     data_dir = tmp_path_factory.mktemp("static-data")
     subprocess.run(
         [sys.executable, "manage.py", "collectstatic", "--noinput", "--verbosity", "0"],

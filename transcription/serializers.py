@@ -9,10 +9,10 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.validators import URLValidator
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
-from faster_whisper.tokenizer import _LANGUAGE_CODES
 from rest_framework import serializers
 
 from transcription.callbacks import UnsafeDestination, check_callback_url
+from transcription.languages import LANGUAGE_CODES
 from transcription.models import Task
 from transcription.services import RunOptions
 
@@ -49,7 +49,7 @@ class SubmitSerializer(serializers.Serializer):
 
     def validate_language(self, value: str) -> str:
         value = value.strip().lower()
-        if value and value not in _LANGUAGE_CODES:
+        if value and value not in LANGUAGE_CODES:
             raise serializers.ValidationError(
                 f"{value!r} is not a language code Whisper knows (e.g. en, de, fr).",
                 code="unknown_language",

@@ -1,0 +1,86 @@
+"""The web process stays small until it transcribes: no engine loaded to check a language
+code, and few malloc arenas however many threads have handled requests (the figures are
+bench/memory.py's; these tests hold the causes, not the numbers)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+from tests.conftest import ROOT
+from transcription.languages import LANGUAGE_CODES
+
+
+def test_language_codes_are_the_ones_faster_whisper_knows() -> None:
+    assert LANGUAGE_CODES == set(_LANGUAGE_CODES)
+
+
+def test_a_web_process_loads_no_engine_until_it_transcribes() -> None:
+    """The engine's libraries (~30 MiB) are loaded on the first transcription, not at start:
+    a web process that only queues work never needs them."""
+    probe = (
+        "import json, sys, django; django.setup();"
+        "from django.urls import get_resolver; get_resolver().url_patterns;"
+        "import lingoloop.asgi;"
+        "print(json.dumps(sorted(m for m in sys.modules"
+        " if m.split('.')[0] in {'faster_whisper', 'ctranslate2', 'tokenizers', 'onnxruntime'})))"
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "lingoloop.settings"}
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+    )
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+ARENAS_AFTER_THREADS = """
+import ctypes, sys, tempfile, threading
+from lingoloop.malloc import limit_arenas
+if sys.argv[1] == "limited":
+    assert limit_arenas()
+alive = threading.Barrier(8)
+def allocate():
+    keep = [bytearray(4096) for _ in range(200)]
+    alive.wait()  # all eight at once: a finished thread's arena would go to the next
+threads = [threading.Thread(target=allocate) for _ in range(8)]
+for thread in threads: thread.start()
+for thread in threads: thread.join()
+libc = ctypes.CDLL(None)
+libc.fopen.restype = ctypes.c_void_p
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+with tempfile.NamedTemporaryFile() as report:
+    stream = libc.fopen(report.name.encode(), b"w")
+    libc.malloc_info(0, stream)
+    libc.fclose(stream)
+    print(open(report.name).read().count("<heap nr="))
+"""
+
+
+def malloc_heaps_after_eight_threads(mode: str) -> int:
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    out = subprocess.run(
+        [sys.executable, "-c", ARENAS_AFTER_THREADS, mode],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(out.stdout.strip())
+
+
+def test_threads_of_the_web_process_share_two_malloc_arenas() -> None:
+    # The control shows that eight threads do get arenas of their own without the cap.
+    assert malloc_heaps_after_eight_threads("default") > 2
+    assert malloc_heaps_after_eight_threads("limited") <= 2
+
+
+def test_an_operators_malloc_arena_max_is_left_alone(monkeypatch) -> None:
+    from lingoloop.malloc import limit_arenas
+
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert limit_arenas() is False
