@@ -16,7 +16,7 @@ from transcription.languages import LANGUAGE_CODES
 
 
 def test_language_codes_are_the_ones_faster_whisper_knows() -> None:
-    assert LANGUAGE_CODES == set(_LANGUAGE_CODES)
+    assert set(_LANGUAGE_CODES) == LANGUAGE_CODES
 
 
 def test_a_web_process_loads_no_engine_until_it_transcribes() -> None:
