@@ -38,9 +38,10 @@ from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
-from django.db import close_old_connections, connection
+from django.db import close_old_connections, connection, connections
 from django.utils import timezone
 from django_q.cluster import Cluster
+from django_q.signals import post_spawn
 
 from tasks_admin.handlers import housekeeping
 from tasks_admin.models import Job, Worker, WorkerState
@@ -120,6 +121,37 @@ def lower_priority(nice: int) -> int:
     return os.getpriority(os.PRIO_PROCESS, 0)
 
 
+def lower_worker_processes_priority(nice: int) -> int:
+    """From now on, each django-q2 worker process (the ones that run jobs, transcription
+    included) lowers its own priority to `nice` as it starts (`lower_priority`), respawned
+    ones too. The rest of the cluster keeps this process's priority: this loop, the sentinel,
+    the monitor and the pusher only keep house and pick, and a pick niced behind a busy web
+    process (which is storing the new run's events right then) made every pickup wait
+    several milliseconds more. Returns the nice value the worker processes will run at."""
+
+    def on_spawn(**_: object) -> None:
+        lower_priority(nice)
+
+    post_spawn.connect(on_spawn, weak=False, dispatch_uid="lingoloop-worker-nice")
+    return max(nice, os.getpriority(os.PRIO_PROCESS, 0))
+
+
+def keep_database_connections() -> None:
+    """Let this process, and every process it forks from now on, keep its database
+    connections open between uses (CONN_MAX_AGE=None for this process only; the web's
+    setting is left alone).
+
+    django-q2 calls `close_old_connections()` before every task and the broker before every
+    pick; with the default CONN_MAX_AGE=0 each of them closed the connection, so a pick and a
+    claim each opened a new one first: on PostgreSQL about 10 ms apiece of a job's pickup. A
+    kept connection that broke is still replaced: the health check (CONN_HEALTH_CHECKS) tests
+    it before its first use after each of those calls. Threads that use the database (the
+    lease keeper, the progress ticker) still close theirs when they end.
+    """
+    for alias in connections:
+        connections[alias].settings_dict["CONN_MAX_AGE"] = None
+
+
 def prune_finished_jobs() -> int:
     return Job.objects.prune_finished(days=settings.JOB_RETENTION_DAYS)
 
@@ -148,13 +180,14 @@ class Command(BaseCommand):
             processes=settings.MAX_CONCURRENT_JOBS,
         )
         os.environ[CLUSTER_ENV] = worker.id
-        # Before django-q2 forks: its workers, pusher and monitor inherit it.
-        nice = lower_priority(settings.WORKER_NICE)
+        nice = lower_worker_processes_priority(settings.WORKER_NICE)
         self.stdout.write(self._banner(worker, nice))
         self.stdout.flush()
         # CTranslate2 is not fork-safe: nothing here may load the model. Each worker process
-        # loads it lazily on its first job and keeps it.
+        # loads it lazily on its first job and keeps it. No connection may cross the fork
+        # either: each process opens its own, and keeps it.
         connection.close()
+        keep_database_connections()
 
         stop = threading.Event()
         cluster = Cluster()
