@@ -7,10 +7,13 @@ from typing import Any
 
 import pytest
 from django.test import Client
+from django.urls import set_script_prefix
 
 from tasks_admin.models import Worker
 from tests.test_queue_announcements import queued, recent_speed_is
+from transcription import representations
 from transcription.models import TranscriptRun
+from transcription.representations import RunUrlField, progress_object
 
 # Bearer token and its user; the page's count and rows, their jobs; the queue positions and
 # live worker processes (recent speed is cached: known_speed); the owner's events token.
@@ -84,3 +87,63 @@ def test_the_runs_page_costs_the_same_queries_whatever_its_length(
 
     assert response.status_code == 200
     assert response.content.count(b"data-run-id=") == length
+
+
+@pytest.mark.django_db
+def test_the_progress_object_of_a_run_read_without_its_jobs_reads_them_once(
+    alice, django_assert_num_queries
+):
+    """What an event about a run costs inside the transaction that changes it (an upload's,
+    a job start's): its jobs once, not once for each field that shows them."""
+    run = queue_of(alice.user, 3)[-1]
+    bare = TranscriptRun.objects.select_related("audio").get(pk=run.pk)
+
+    # Its jobs; the queue positions and the live worker processes.
+    with django_assert_num_queries(3):
+        data = progress_object(bare)
+
+    job = run.jobs.get()
+    assert data["queuePosition"] == 3
+    assert (data["attempts"], data["maxAttempts"]) == (0, job.max_attempts)
+    assert [item["id"] for item in data["jobs"]] == [str(job.pk)]
+
+
+@pytest.mark.django_db
+def test_a_page_of_runs_resolves_each_kind_of_link_once_whatever_its_length(alice, monkeypatch):
+    runs = queue_of(alice.user, 20)
+    real_reverse = representations.reverse
+    resolved: list[str] = []
+
+    def counting_reverse(view_name: str, *args: Any, **kwargs: Any) -> str:
+        resolved.append(view_name)
+        return real_reverse(view_name, *args, **kwargs)
+
+    monkeypatch.setattr(representations, "reverse", counting_reverse)
+    monkeypatch.setattr(RunUrlField, "_paths", {})
+
+    page = alice.client.get("/api/runs").json()
+
+    assert sorted(resolved) == ["run-detail", "run-events", "run-transcript"]
+    assert {run["links"]["self"] for run in page["results"]} == {f"/api/runs/{r.pk}" for r in runs}
+    assert {run["links"]["events"] for run in page["results"]} == {
+        f"/api/runs/{r.pk}/events" for r in runs
+    }
+
+
+@pytest.mark.django_db
+def test_run_links_follow_the_script_prefix_the_service_is_mounted_under(alice, monkeypatch):
+    run = queue_of(alice.user, 1)[0]
+    monkeypatch.setattr(RunUrlField, "_paths", {})
+    assert progress_object(run)["links"]["self"] == f"/api/runs/{run.pk}"
+
+    set_script_prefix("/speech/")
+    try:
+        links = progress_object(run)["links"]
+    finally:
+        set_script_prefix("/")
+
+    assert links == {
+        "self": f"/speech/api/runs/{run.pk}",
+        "events": f"/speech/api/runs/{run.pk}/events",
+        "transcript": f"/speech/api/runs/{run.pk}/transcript",
+    }
