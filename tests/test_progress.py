@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -17,7 +18,7 @@ from django.db import connections
 
 from lingoloop import eventhub
 from tasks_admin.runner import Outcome, run_job
-from tests.conftest import JFK, make_account, queued_run, wait_until
+from tests.conftest import JFK, flac_speech, make_account, queued_run, wait_until
 from transcription import engine, jobs
 from transcription.events import run_channel
 from transcription.jobs import INTERPOLATION_CEILING, AppendedJson, Pace, ProgressClock
@@ -75,6 +76,32 @@ def test_the_pace_leaves_the_short_first_window_out_once_the_next_one_has_a_poin
     assert clock.measured_rate() == pytest.approx(10.0)
     assert clock.seconds_left(now=6.0) == pytest.approx(8.5)  # not the average's 34 s
     assert clock.progress(now=6.5) == pytest.approx(20.0)
+
+
+def test_the_pace_counts_the_audio_read_between_batched_windows():
+    # As measured on 10 min of speech: each batched window's segments come at its end, then
+    # the next window's 120 s of audio take 0.45 s to read before its decoding begins.
+    clock = ProgressClock()
+    clock.window(0.0, 5.0, now=0.0)
+    clock.point(4.0, now=1.3)  # the first window's burst (its cut segment comes again)
+    clock.window(4.0, 24.0, now=1.75)
+    clock.point(23.1, now=5.35)  # the second window's burst: 3.6 s of decoding after the read
+
+    # 19.1 % from burst to burst, reading included: the pace every later window goes at.
+    assert clock.measured_rate() == pytest.approx(19.1 / 4.05)
+    clock.window(23.1, 43.1, now=5.8)
+    clock.point(42.1, now=9.4)
+    assert clock.measured_rate() == pytest.approx(38.1 / 8.1)
+
+
+def test_a_second_window_starting_past_the_first_ones_last_point_is_no_pace_of_its_own():
+    clock = ProgressClock()
+    clock.window(0.0, 5.0, now=0.0)
+    clock.point(3.5, now=1.3)
+    clock.window(4.0, 24.0, now=1.75)  # a pause before the cut segment: nothing decoded
+
+    # The first window's pace (4 % in 1.75 s), not 0.5 % in the 0.45 s of reading.
+    assert clock.seconds_left(now=1.75) == pytest.approx(96 / (4 / 1.75))
 
 
 def test_before_its_first_point_an_attempt_goes_by_the_pace_of_the_last_one():
@@ -251,3 +278,55 @@ def test_the_engine_tells_where_each_window_begins_before_its_segments(settings)
 
     assert calls[0] == ("window", 0.0)
     assert [name for name, _ in calls[1:]] == ["segment"] * (len(calls) - 1)
+
+
+def test_a_batched_runs_eta_stays_near_the_truth_through_each_burst_of_segments(
+    tmp_path, settings, monkeypatch
+):
+    """A batched window's segments all come at its end. Reported each with its own end, the
+    burst's first segment gave the clock a point hardly past the window before, at the
+    burst's time: the pace halved and an update sent then said nearly twice the time left
+    (bench/progress.py: +80 % at 40 %)."""
+    settings.WHISPER_BATCH_SIZE = 4  # a first window of 30 s, then windows of 120 s
+    settings.WHISPER_BATCHED_MIN_DURATION_MS = 0
+    audio_seconds = 288.0
+    speech = flac_speech(tmp_path / "talk.flac", repeats=24)
+    pace = 24.0  # audio seconds decoded per (fake) wall second, in every window alike
+    now = [0.0]
+
+    def decode_batched(model: Any, audio: Any, kwargs: Any, batch: int, spans: Any) -> Any:
+        """The window decoded whole, taking its time: a segment for every 3 s of it."""
+        seconds = audio.shape[0] / 16_000
+        now[0] += seconds / pace
+        ends = [min(3.0 * (k + 1), seconds) for k in range(int(seconds // 3))]
+        found = [SimpleNamespace(start=e - 3.0, end=e, text="words", words=None) for e in ends]
+        return found, SimpleNamespace(language="en", language_probability=1.0)
+
+    monkeypatch.setattr(engine, "get_model", lambda name: None)
+    monkeypatch.setattr(engine, "speech_spans", lambda audio: [(0.0, 30.0)])
+    monkeypatch.setattr(engine, "_batched_window", decode_batched)
+    clock = ProgressClock()
+    said: list[tuple[float, float | None, float]] = []  # progress, ETA, at
+
+    def on_segment(item: dict[str, Any], progress: float) -> None:
+        clock.point(progress, now[0])  # as the writer does; an update may go out right here
+        said.append((clock.progress(now[0]), clock.seconds_left(now[0]), now[0]))
+
+    engine.transcribe(
+        speech,
+        engine.Options(model=settings.WHISPER_MODEL),
+        duration_ms=int(audio_seconds * 1000),
+        max_duration_ms=600_000,
+        on_segment=on_segment,
+        on_window=lambda start, end: clock.window(start, end, now[0]),
+        allow_batched=True,
+    )
+
+    finished = now[0]
+    errors = [
+        round(100 * (eta - (finished - at)) / (finished - at))
+        for progress, eta, at in said
+        if 20 <= progress <= 90 and eta is not None and at < finished  # not the last burst
+    ]
+    assert len(errors) > 20  # several windows' worth of updates between 20 and 90 %
+    assert max(abs(error) for error in errors) <= 25, errors

@@ -3,7 +3,8 @@
 The model is loaded lazily on first use, so nothing loads it before django-q2 forks its
 workers (CTranslate2 is not fork-safe). The audio is decoded here (transcription/pcm.py) and
 handed to the model in bounded windows; segments come from a lazy generator, and progress is
-`segment.end / duration` (DESIGN.md, items 10 and 11). Error messages are shown to users:
+`segment.end / duration` (DESIGN.md, items 10 and 11), or for a batched window, whose segments
+all come at once, the end of its last one. Error messages are shown to users:
 they name no server path.
 """
 
@@ -201,7 +202,9 @@ def _window_segments(
     language: str | None,
     prompt: str | None,
     batch: int,
-) -> tuple[Iterator[Any], Any]:
+) -> tuple[Iterator[Any] | list[Any], Any]:
+    """The window's segments: a lazy generator, each decoded as it is taken, or (batched) a
+    list, all decoded before the first is seen."""
     kwargs: dict[str, Any] = {
         "language": language,
         "task": options.task,
@@ -214,7 +217,8 @@ def _window_segments(
         speech = speech_spans(audio)
         if speech:  # else nothing to batch: the sequential path says what it makes of it
             return _batched_window(model, audio, kwargs, batch, speech)
-    return model.transcribe(audio, **kwargs)  # type: ignore[no-any-return]
+    segments, info = model.transcribe(audio, **kwargs)
+    return segments, info
 
 
 # How the batched path keeps its words. Two losses were measured (bench/wer.py, jfk x10 and
@@ -293,7 +297,7 @@ def _batched_window(
     kwargs: dict[str, Any],
     batch: int,
     speech: list[tuple[float, float]],
-) -> tuple[Iterator[Any], Any]:
+) -> tuple[list[Any], Any]:
     """The window decoded in batches of `speech_clips`, then its `speech_gaps` decoded
     again sequentially; all its segments at once, in time order."""
     from faster_whisper import BatchedInferencePipeline
@@ -315,7 +319,7 @@ def _batched_window(
             model, audio, (start, end), {**kwargs, "language": info.language}, before
         )
         segments.sort(key=lambda s: s.start)  # the next gap's prompt: the text before it
-    return iter(segments), info
+    return segments, info
 
 
 def _decode_gap(
@@ -369,6 +373,11 @@ def _segment_dict(
     return item
 
 
+def _progress(item: dict[str, Any], total: float) -> float:
+    """Percent of `total` seconds decoded once `item` has ended; 100 is for `done` alone."""
+    return min(100.0 * item["end"] / total, 99.9)
+
+
 def transcribe(
     path: Path,
     options: Options,
@@ -379,7 +388,9 @@ def transcribe(
     on_window: Callable[[float, float], None] | None = None,
     allow_batched: bool = False,
 ) -> Result:
-    """Transcribe `path`; `on_segment(segment, progress_percent)` is called as each one ends.
+    """Transcribe `path`; `on_segment(segment, progress_percent)` is called for each segment
+    in order, with how much of the audio is decoded by then: the segment's end, or in a
+    batched window (its segments all decoded at once) the end of the window's last one.
 
     `on_window(start_percent, end_percent)` is called as each window's decoding begins (the
     first call: the model is loaded): no segment of it can end past `end_percent`, so a
@@ -420,6 +431,13 @@ def transcribe(
                 result.language_probability = float(info.language_probability or 0.0)
             resume_at: float | None = None
             last_end = 0.0
+            # A batched window is decoded whole before its first segment is seen: each of its
+            # segments is reported with the progress of its last. Reported one by one with
+            # their own ends, an update sent after the burst's first segment measured the pace
+            # from a point hardly past the window before, at the burst's time: its ETA was
+            # nearly twice the truth (bench/progress.py: +80 % at 40 %).
+            burst = isinstance(segments, list)
+            first_new = len(result.segments)
             for segment in segments:
                 if not final and segment.end > window_end - TAIL_GUARD_SECONDS:
                     resume_at = float(segment.start)  # may be cut: the next window redoes it
@@ -434,8 +452,12 @@ def transcribe(
                 )
                 result.segments.append(item)
                 last_end = float(segment.end)
-                if on_segment is not None:
-                    on_segment(item, min(100.0 * item["end"] / total, 99.9))
+                if on_segment is not None and not burst:
+                    on_segment(item, _progress(item, total))
+            if on_segment is not None and burst and len(result.segments) > first_new:
+                reached = _progress(result.segments[-1], total)
+                for item in result.segments[first_new:]:
+                    on_segment(item, reached)
             if final:
                 break
             if resume_at is None or resume_at <= 0:
