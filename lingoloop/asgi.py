@@ -1,8 +1,9 @@
 """ASGI entry point: daphne serves it (`runserver` too, since daphne is an installed app).
 
-Channels' ProtocolTypeRouter is the one routing layer; HTTP (the API, the pages and the SSE
-streams) all goes to Django, behind a body-size limit that refuses oversized uploads while
-they stream. There is no second push path.
+Channels' ProtocolTypeRouter is the one routing layer. HTTP goes to Django, behind a body-size
+limit that refuses oversized uploads while they stream; the SSE streams (views marked
+`long_lived`) are served beside Django's handler, without its middleware chain (see
+lingoloop.streaming). There is no second push path.
 """
 
 import os
@@ -15,5 +16,6 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter  # noqa: E402
 
 from lingoloop.limits import BodySizeLimit  # noqa: E402
+from lingoloop.streaming import LongLivedRoutes  # noqa: E402
 
-application = ProtocolTypeRouter({"http": BodySizeLimit(django_asgi_app)})
+application = ProtocolTypeRouter({"http": BodySizeLimit(LongLivedRoutes(django_asgi_app))})

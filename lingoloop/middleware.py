@@ -27,7 +27,8 @@ def _is_api(request: HttpRequest) -> bool:
     return request.path.startswith("/api/")
 
 
-def _bad_query(request: HttpRequest) -> HttpResponseBase | None:
+def refuse_bad_query(request: HttpRequest) -> HttpResponseBase | None:
+    """A 400 for a query with a control character in it, else None."""
     for key, values in request.GET.lists():
         bad_key = has_control_characters(key)
         if bad_key or any(map(has_control_characters, values)):
@@ -68,13 +69,13 @@ class RequestGuards:
     def __call__(self, request: HttpRequest) -> Any:
         if iscoroutinefunction(self):
             return self.__acall__(request)
-        refused = _bad_query(request)
+        refused = refuse_bad_query(request)
         if refused is not None:
             return refused
         return _as_api_error(request, self.get_response(request))
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
-        refused = _bad_query(request)
+        refused = refuse_bad_query(request)
         if refused is not None:
             return refused
         get_response: Callable[[HttpRequest], Awaitable[HttpResponseBase]] = self.get_response

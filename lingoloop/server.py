@@ -3,6 +3,7 @@
 * The access log never shows tokens carried in query strings (see lingoloop.logs).
 * A form body is not parsed by Twisted (see `_parsePOSTFormSubmission` below).
 * At most two malloc arenas (see lingoloop.malloc): RSS that does not grow with every thread.
+* What the application loads at start is frozen out of the garbage collector's reach.
 * An oversized request body is refused while it streams: daphne (Twisted) would otherwise
   receive a whole body, to a temporary file, before the application sees any of it. A body
   announced or grown past MAX_UPLOAD_BYTES (plus the multipart envelope) gets a 413 in the
@@ -14,6 +15,7 @@ Takes daphne's own options (`-b 0.0.0.0 -p 8000 …`); the application defaults 
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 from typing import Any
@@ -86,6 +88,21 @@ class LimitedWebRequest(http_protocol.WebRequest):  # type: ignore[misc]
         transport.loseConnection()
 
 
+class CommandLineInterface(cli.CommandLineInterface):  # type: ignore[misc]
+    def load_asgi_app(self, path: str) -> Any:
+        """The application, its URL patterns loaded, and every object made so far frozen out
+        of the garbage collector's reach. They live as long as the process, and a full
+        collection walked them all: with 1,000 open streams, pauses of a few hundred ms in
+        the middle of fanning an event out."""
+        application = super().load_asgi_app(path)
+        from django.urls import get_resolver
+
+        get_resolver().url_patterns  # noqa: B018 (imports every view module now)
+        gc.collect()
+        gc.freeze()
+        return application
+
+
 def main(argv: list[str] | None = None) -> None:
     limit_arenas()
     args = list(sys.argv[1:] if argv is None else argv)
@@ -93,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
         args.append(APPLICATION)
     cli.AccessLogGenerator = RedactingAccessLog  # type: ignore[misc]
     http_protocol.WebRequest = LimitedWebRequest  # type: ignore[misc]
-    cli.CommandLineInterface().run(args)
+    CommandLineInterface().run(args)
 
 
 if __name__ == "__main__":

@@ -376,7 +376,7 @@ EVENTS_TOKEN_TTL = env_int("EVENTS_TOKEN_TTL", 3600, minimum=10)
 # How often a web process looks in the database for events stored by other processes: the
 # delivery path without Redis (or while Redis is unreachable). A poll is one small read on a
 # kept connection (lingoloop/eventhub.py), and half the interval is the average wait...
-EVENTS_DB_POLL_MS = env_int("EVENTS_DB_POLL_MS", 100, minimum=50)
+EVENTS_DB_POLL_MS = env_int("EVENTS_DB_POLL_MS", 50, minimum=20)
 # ...and the safety net for anything pub/sub lost while Redis is connected.
 REDIS_SAFETY_POLL_MS = env_int("REDIS_SAFETY_POLL_MS", 5000, minimum=100)
 

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.http.response import HttpResponseBase
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
@@ -30,6 +30,7 @@ from lingoloop.eventhub import (
     encode_stored,
     payload,
 )
+from lingoloop.streaming import EventStreamResponse, long_lived
 from lingoloop.timefmt import iso_utc
 from transcription.events import ALL_RUNS_CHANNEL, run_channel, user_channel
 from transcription.models import TERMINAL_RUN_STATUSES, RunStatus, TranscriptRun
@@ -252,13 +253,6 @@ def _after_the_finish(pending: list[tuple[int, StoredEvent]]) -> list[tuple[int,
     return []
 
 
-def _sse_response(body: AsyncIterator[str]) -> StreamingHttpResponse:
-    response = StreamingHttpResponse(body, content_type="text/event-stream")
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"
-    return response
-
-
 def _error_response(error: ApiError) -> HttpResponse:
     response = JsonResponse(error.as_dict(), status=error.status_code)
     for name, value in error.headers.items():
@@ -274,21 +268,25 @@ def _start_id(request: HttpRequest, opening: Opening) -> int:
     return requested
 
 
+@long_lived
 async def run_events(request: HttpRequest, run_id: uuid.UUID) -> HttpResponseBase:
     try:
         opening = await db_batch(_open_runs, (request, run_id))
     except ApiError as error:
         return _error_response(error)
     start_id = _start_id(request, opening)
-    return _sse_response(_stream(opening, start_id, "init", RUN_STREAM_EVENTS, ends_at_done=True))
+    return EventStreamResponse(
+        _stream(opening, start_id, "init", RUN_STREAM_EVENTS, ends_at_done=True)
+    )
 
 
+@long_lived
 async def user_events(request: HttpRequest) -> HttpResponseBase:
     try:
         opening = await db_batch(_open_users, request)
     except ApiError as error:
         return _error_response(error)
     start_id = _start_id(request, opening)
-    return _sse_response(
+    return EventStreamResponse(
         _stream(opening, start_id, "snapshot", USER_STREAM_EVENTS, ends_at_done=False)
     )
