@@ -143,7 +143,7 @@ class ProgressSerializer(serializers.Serializer):
         help_text="Milliseconds since processing started; null before.",
     )
     estimatedTimeRemaining = serializers.SerializerMethodField(
-        help_text="Seconds; null until it can be estimated."
+        help_text="Seconds (to a tenth while processing); null until it can be estimated."
     )
     attempts = serializers.IntegerField(source="attempts_used", min_value=0)
     maxAttempts = serializers.IntegerField(source="max_attempts", min_value=0)
@@ -157,8 +157,8 @@ class ProgressSerializer(serializers.Serializer):
         queue: QueueSnapshot = self.context["queue"]
         return queue.position(run)
 
-    @extend_schema_field(serializers.IntegerField(min_value=0, allow_null=True))
-    def get_estimatedTimeRemaining(self, run: TranscriptRun) -> int | None:
+    @extend_schema_field(serializers.FloatField(min_value=0, allow_null=True))
+    def get_estimatedTimeRemaining(self, run: TranscriptRun) -> float | None:
         return run.estimated_seconds_remaining(self.context["queue"])
 
 
