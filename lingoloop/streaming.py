@@ -151,13 +151,20 @@ async def _send(response: HttpResponseBase, receive: Receive, send: Send) -> Non
     try:
         await asyncio.wait([body, gone], return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in (body, gone):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, OSError):
-                await task
-    if body.done() and not body.cancelled() and body.exception() is None:
-        with contextlib.suppress(OSError):
-            await send({"type": "http.response.body", "body": b""})
+        gone.cancel()
+        if not body.done():
+            body.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await gone
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait([body])
+    if body.cancelled():
+        return  # the client went away: nothing more to send
+    if body.exception() is not None:
+        # The stream ends, properly: the client reconnects with its Last-Event-ID.
+        logger.error("stream failed", exc_info=body.exception())
+    with contextlib.suppress(OSError):
+        await send({"type": "http.response.body", "body": b""})
 
 
 async def _stream_body(response: StreamingHttpResponse, send: Send) -> None:

@@ -186,3 +186,21 @@ def test_everything_else_goes_to_django(method, path):
     asyncio.run(LongLivedRoutes(talk.django)(talk.scope, talk.receive, talk.send))
     assert talk.passed_on
     assert talk.sent == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_stream_that_breaks_after_it_opened_ends_cleanly_and_says_why(alice, monkeypatch, caplog):
+    run = queued_run(alice.client)
+
+    async def broken(self: Any) -> list[Any]:
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(eventhub.Subscription, "catch_up", broken)
+    talk = Exchange(run["links"]["events"], f"access_token={run['eventsToken']}")
+    asyncio.run(LongLivedRoutes(talk.django)(talk.scope, talk.receive, talk.send))
+
+    assert talk.status == 200
+    assert b"event: init" in talk.body
+    assert talk.sent[-1] == {"type": "http.response.body", "body": b""}  # the response ends
+    assert "stream failed" in caplog.text
+    assert "the database went away" in caplog.text
