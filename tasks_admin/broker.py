@@ -30,13 +30,14 @@ from typing import Any
 
 from django.conf import settings
 from django.db import close_old_connections, connection, transaction
+from django.db.models import Exists
 from django.utils import timezone
 from django_q.brokers import Broker
 from django_q.conf import Conf
 from django_q.signing import SignedPackage
 
-from tasks_admin.models import Job, JobStatus, WorkerState
-from tasks_admin.runner import cluster_state, current_worker_id
+from tasks_admin.models import Job, JobStatus, Worker, WorkerState
+from tasks_admin.runner import cluster_id, current_worker_id
 
 logger = logging.getLogger(__name__)
 
@@ -111,11 +112,9 @@ class JobBroker(Broker):
         after the interval."""
         try:
             close_old_connections()  # drops a connection that a failed pick left broken
-            state = cluster_state()
-            if state is None or state[0] == WorkerState.RUNNING:
-                picked = self.pick(limit=Conf.BULK)
-                if picked:
-                    return [(str(job_id), self._package(job_id)) for job_id in picked]
+            picked = self.pick(limit=Conf.BULK, cluster=cluster_id())
+            if picked:
+                return [(str(job_id), self._package(job_id)) for job_id in picked]
         except Exception:
             logger.exception("picking jobs failed; trying again in %s s", Conf.POLL)
             time.sleep(Conf.POLL)
@@ -123,8 +122,10 @@ class JobBroker(Broker):
         self.due_signal.wait(Conf.POLL)
         return None
 
-    def pick(self, *, limit: int) -> list[uuid.UUID]:
-        """Hold up to `limit` due jobs, highest priority first, then oldest.
+    def pick(self, *, limit: int, cluster: str | None = None) -> list[uuid.UUID]:
+        """Hold up to `limit` due jobs, highest priority first, then oldest; with `cluster`,
+        none unless that cluster is running (checked in the pick's own query: a paused
+        cluster picks nothing, and a pick costs no read before it).
 
         On PostgreSQL, SKIP LOCKED lets clusters pick side by side without waiting on each
         other; the conditional UPDATE is what makes the hold exclusive on every database.
@@ -132,10 +133,12 @@ class JobBroker(Broker):
         now = timezone.now()
         hold_until = now + timedelta(seconds=settings.JOB_PICK_HOLD_SECONDS)
         holder = current_worker_id()
+        due = Job.objects.due(now)
+        if cluster is not None:
+            due = due.filter(Exists(Worker.objects.filter(pk=cluster, state=WorkerState.RUNNING)))
         with transaction.atomic():
             candidates = list(
-                Job.objects.due(now)
-                .in_claim_order()
+                due.in_claim_order()
                 .select_for_update(skip_locked=True)
                 .values_list("pk", flat=True)[:limit]
             )

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import models
-from django.db.models import F, Q
+from django.db.models import Exists, F, Q
 from django.utils import timezone
 
 
@@ -113,20 +113,27 @@ class Job(models.Model):
     def __str__(self) -> str:
         return f"{self.job_type} {self.id} ({self.status})"
 
-    def claim(self, worker_id: str) -> bool:
+    def claim(self, worker_id: str, *, cluster: str | None = None) -> bool:
         """Start this job in `worker_id`: the claim that counts (the broker's pick does not).
 
         Only a due queued job can be claimed; the attempt is counted here, so a worker killed
-        with SIGKILL still used its attempt and a poison job cannot loop for ever.
+        with SIGKILL still used its attempt and a poison job cannot loop for ever. With
+        `cluster`, only while that cluster is running (not paused, stopping or gone): checked
+        in the claim's own statement, so a job start costs no read before it.
         """
         now = timezone.now()
+        claimable = Job.objects.filter(
+            pk=self.pk,
+            status=JobStatus.QUEUED,
+            run_after__lte=now,
+            attempts__lt=F("max_attempts"),
+        )
+        if cluster is not None:
+            claimable = claimable.filter(
+                Exists(Worker.objects.filter(pk=cluster, state=WorkerState.RUNNING))
+            )
         won = (
-            Job.objects.filter(
-                pk=self.pk,
-                status=JobStatus.QUEUED,
-                run_after__lte=now,
-                attempts__lt=F("max_attempts"),
-            ).update(
+            claimable.update(
                 status=JobStatus.PROCESSING,
                 picked_by="",
                 picked_until=None,

@@ -167,13 +167,14 @@ def _drop_pick(job_id: str) -> None:
 def run_job(job_id: str) -> Outcome:
     """The django-q2 task function: one attempt of one job. Never raises into django-q2."""
     close_old_connections()
-    state = cluster_state()
-    if state is not None and state[0] != WorkerState.RUNNING:
-        _drop_pick(job_id)  # paused or stopping: claim nothing new
-        return Outcome.NOT_CLAIMED
     worker_id = current_worker_id()
-    job = Job(pk=job_id)  # the claim reads the row once it has won it: no read before
-    if not job.claim(worker_id) or job.locked_until is None:
+    # The claim reads the row once it has won it, and checks this cluster's state in the same
+    # statement: no read before it (each was a round trip of every job's pickup).
+    job = Job(pk=job_id)
+    if not job.claim(worker_id, cluster=cluster_id()) or job.locked_until is None:
+        state = cluster_state()
+        if state is not None and state[0] != WorkerState.RUNNING:
+            _drop_pick(job_id)  # paused or stopping: claim nothing new
         return Outcome.NOT_CLAIMED
     logger.info("job %s (%s) attempt %d by %s", job.pk, job.job_type, job.attempts, worker_id)
 

@@ -12,9 +12,14 @@ from typing import Any
 import psycopg
 import pytest
 from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+from django_q.conf import Conf
 
+import tests.job_handlers  # noqa: F401  (registers the test job types)
 from tasks_admin.broker import NOTIFY_CHANNEL, DueJobSignal, JobBroker
-from tasks_admin.models import Job, JobStatus, Worker
+from tasks_admin.models import Job, JobStatus, Worker, WorkerState
+from tasks_admin.runner import CLUSTER_ENV, Outcome, run_job
 from tasks_admin.services import job_enqueue
 from tests.conftest import wait_until
 from tests.test_queue_announcements import queued, recent_speed_is
@@ -93,6 +98,80 @@ def test_an_idle_worker_starts_a_job_long_before_its_safety_poll(service):
     service.worker(POLL_INTERVAL="600000", SQLITE_POLL_INTERVAL="100")
     run = service.submit()
     service.wait_for_status(run["runId"], RunStatus.PROCESSING, timeout=30)
+
+
+# --- The steps of a pickup -------------------------------------------------------------------
+
+
+@pytest.fixture
+def in_cluster(monkeypatch: pytest.MonkeyPatch) -> Worker:
+    """This test process as a process of a running worker cluster."""
+    monkeypatch.setenv(CLUSTER_ENV, "c1")
+    return Worker.objects.create(id="c1", host="box", pid=1)
+
+
+def statements(queries: CaptureQueriesContext) -> list[str]:
+    """What reached the database, without the connection's health check."""
+    return [
+        q["sql"]
+        for q in queries.captured_queries
+        if q["sql"] != "SELECT 1" and not q["sql"].startswith("BEGIN")
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_job_start_checks_its_cluster_in_the_claim_itself(in_cluster):
+    job = job_enqueue(job_type="test.record")
+
+    with CaptureQueriesContext(connection) as queries:
+        assert run_job(str(job.pk)) is Outcome.SUCCEEDED
+
+    first = statements(queries)[0]
+    assert first.startswith('UPDATE "job"') and '"worker"' in first
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_pick_checks_its_cluster_in_its_own_query(in_cluster, monkeypatch):
+    monkeypatch.setattr(Conf, "POLL", 0)
+    job = job_enqueue(job_type="test.record")
+
+    with CaptureQueriesContext(connection) as queries:
+        assert [job_id for job_id, _ in JobBroker().dequeue() or []] == [str(job.pk)]
+
+    first = statements(queries)[0]
+    assert first.startswith('SELECT "job"."id"') and '"worker"' in first
+
+
+@pytest.mark.parametrize("state", [WorkerState.PAUSED, WorkerState.STOPPING])
+@pytest.mark.django_db(transaction=True)
+def test_a_cluster_that_is_not_running_neither_picks_nor_claims(in_cluster, monkeypatch, state):
+    monkeypatch.setattr(Conf, "POLL", 0)
+    Worker.objects.filter(pk=in_cluster.pk).update(state=state)
+    job = job_enqueue(job_type="test.record")
+    assert JobBroker().dequeue() is None
+
+    # A job it had picked before the pause: it lets go of the pick and claims nothing.
+    Job.objects.filter(pk=job.pk).update(
+        picked_by="c1:box:2", picked_until=timezone.now() + timedelta(seconds=30)
+    )
+    assert run_job(str(job.pk)) is Outcome.NOT_CLAIMED
+
+    job.refresh_from_db()
+    assert (job.status, job.attempts, job.picked_by, job.picked_until) == (
+        JobStatus.QUEUED,
+        0,
+        "",
+        None,
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_process_whose_cluster_row_is_gone_claims_nothing(in_cluster):
+    job = job_enqueue(job_type="test.record")
+    in_cluster.delete()
+
+    assert run_job(str(job.pk)) is Outcome.NOT_CLAIMED
+    assert Job.objects.get(pk=job.pk).status == JobStatus.QUEUED
 
 
 # --- Worker priority ----------------------------------------------------------------------------
