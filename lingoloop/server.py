@@ -4,6 +4,7 @@
 * A form body is not parsed by Twisted (see `_parsePOSTFormSubmission` below).
 * At most two malloc arenas (see lingoloop.malloc): RSS that does not grow with every thread.
 * What the application loads at start is frozen out of the garbage collector's reach.
+* PostgreSQL connections come from a pool (see lingoloop.database).
 * An oversized request body is refused while it streams: daphne (Twisted) would otherwise
   receive a whole body, to a temporary file, before the application sees any of it. A body
   announced or grown past MAX_UPLOAD_BYTES (plus the multipart envelope) gets a 413 in the
@@ -96,6 +97,10 @@ class CommandLineInterface(cli.CommandLineInterface):  # type: ignore[misc]
         the middle of fanning an event out."""
         application = super().load_asgi_app(path)
         from django.urls import get_resolver
+
+        from lingoloop.database import use_connection_pool
+
+        use_connection_pool()
 
         get_resolver().url_patterns  # noqa: B018 (imports every view module now)
         gc.collect()

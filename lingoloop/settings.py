@@ -165,6 +165,9 @@ if _database["ENGINE"] == "django.db.backends.sqlite3":
     }
     _database["TEST"] = {"NAME": str(DATA_DIR / "test-db.sqlite3")}
 DATABASES = {"default": _database}
+# The most PostgreSQL connections a web process keeps in its pool (lingoloop/database.py);
+# 0: none kept, each request opens its own.
+DATABASE_POOL_SIZE = env_int("DATABASE_POOL_SIZE", 10, minimum=0)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis (optional) ---------------------------------------------------------------------

@@ -139,6 +139,15 @@ class Exchange:
         return b"".join(m.get("body", b"") for m in self.sent[1:])
 
 
+@pytest.fixture(autouse=True)
+def _no_redis_in_process(settings, request):  # type: ignore[no-untyped-def]
+    """The in-process exchanges run on a loop of their own (asyncio.run) that ends with the
+    test; the hub's Redis subscriber, started on such a loop, kept its shutdown waiting.
+    They are about the ASGI side: the database delivers their events."""
+    if "service" not in request.fixturenames:
+        settings.EVENTS_REDIS = None
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_client_that_hangs_up_ends_its_stream_and_its_subscription(alice):
     run = queued_run(alice.client)
