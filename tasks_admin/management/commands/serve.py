@@ -1,8 +1,8 @@
 """`python manage.py serve`: the web server and one worker together, for one machine.
 
 Ctrl-C (or SIGTERM) stops both: the worker finishes or hands back its running job first.
-Only the worker side runs at a lower priority (WORKER_NICE): the `worker` command lowers its
-own, so the web process keeps the priority this command was started with.
+Only the worker side runs at a lower priority (WORKER_NICE): the cluster's processes that run
+jobs lower their own, so the web process keeps the priority this command was started with.
 """
 
 from __future__ import annotations
