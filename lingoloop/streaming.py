@@ -105,8 +105,10 @@ class LongLivedRoutes:
     def _match(scope: MutableMapping[str, Any]) -> tuple[Any, dict[str, Any]] | None:
         if scope["type"] != "http" or scope["method"] != "GET":
             return None
+        # The path below the prefix the service is mounted at, as Django resolves it.
+        path = scope["path"].removeprefix(scope.get("root_path", "")) or "/"
         try:
-            found = get_resolver().resolve(scope["path"])
+            found = get_resolver().resolve(path)
         except Resolver404:
             return None
         if not getattr(found.func, "long_lived", False):

@@ -104,14 +104,14 @@ class Exchange:
     """One ASGI request to `LongLivedRoutes`: what was sent back, and a client that can
     hang up."""
 
-    def __init__(self, path: str, query: str = "", method: str = "GET") -> None:
+    def __init__(self, path: str, query: str = "", method: str = "GET", root: str = "") -> None:
         self.scope: MutableMapping[str, Any] = {
             "type": "http",
             "method": method,
-            "path": path,
-            "raw_path": path.encode(),
+            "path": root + path,
+            "raw_path": (root + path).encode(),
             "query_string": query.encode(),
-            "root_path": "",
+            "root_path": root,
             "headers": [(b"host", b"testserver")],
             "client": ("127.0.0.1", 5000),
             "server": ("testserver", 80),
@@ -213,3 +213,22 @@ def test_a_stream_that_breaks_after_it_opened_ends_cleanly_and_says_why(alice, m
     assert talk.sent[-1] == {"type": "http.response.body", "body": b""}  # the response ends
     assert "stream failed" in caplog.text
     assert "the database went away" in caplog.text
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_stream_is_served_below_the_prefix_the_service_is_mounted_at(alice):
+    run = queued_run(alice.client)
+    talk = Exchange(run["links"]["events"], f"access_token={run['eventsToken']}", root="/stt")
+
+    async def exchange() -> None:
+        serving = asyncio.ensure_future(
+            LongLivedRoutes(talk.django)(talk.scope, talk.receive, talk.send)
+        )
+        while b"event: init" not in talk.body:
+            await asyncio.sleep(0.01)
+        talk.hang_up.set()
+        await asyncio.wait_for(serving, 10)
+
+    asyncio.run(exchange())
+    assert talk.status == 200
+    assert not talk.passed_on
