@@ -91,10 +91,11 @@ class LimitedWebRequest(http_protocol.WebRequest):  # type: ignore[misc]
 
 class CommandLineInterface(cli.CommandLineInterface):  # type: ignore[misc]
     def load_asgi_app(self, path: str) -> Any:
-        """The application, its URL patterns loaded, and every object made so far frozen out
-        of the garbage collector's reach. They live as long as the process, and a full
-        collection walked them all: with 1,000 open streams, pauses of a few hundred ms in
-        the middle of fanning an event out."""
+        """The application, set up before its first request: PostgreSQL connections from a
+        pool, its URL patterns loaded, and every object made so far frozen out of the garbage
+        collector's reach. Those live as long as the process, and a full collection walked
+        them all: with 1,000 open streams, pauses of a few hundred ms in the middle of
+        fanning an event out."""
         application = super().load_asgi_app(path)
         from django.urls import get_resolver
 
