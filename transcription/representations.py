@@ -273,14 +273,18 @@ class TokenAnswerSerializer(serializers.Serializer):
 # --- Context, read once per answer ------------------------------------------------------------
 
 
-def progress_context(runs: Iterable[TranscriptRun]) -> dict[str, Any]:
+def progress_context(
+    runs: Iterable[TranscriptRun], *, queue: QueueSnapshot | None = None
+) -> dict[str, Any]:
+    """What the progress serializer needs of `runs`; `queue`: the queue as the caller read
+    it already (an event pass over many runs)."""
     runs = list(runs)
     # A run read without its jobs (the one an event is about) gets them in one query here:
     # else each of the fields that read them (jobs, attempts, maxAttempts, the queue check)
     # read them again. Runs that came `with_relations` cost nothing more.
     prefetch_related_objects(runs, "jobs")
     # This process's recent read of the queue: an answer's cost does not grow with the queue.
-    return {"queue": QueueSnapshot.shared(runs)}
+    return {"queue": QueueSnapshot.shared(runs) if queue is None else queue}
 
 
 def run_context(runs: Sequence[TranscriptRun]) -> dict[str, Any]:
@@ -295,11 +299,7 @@ def run_context(runs: Sequence[TranscriptRun]) -> dict[str, Any]:
 def progress_object(run: TranscriptRun, *, queue: QueueSnapshot | None = None) -> dict[str, Any]:
     """The progress object of one run. `queue`: when the caller has read the queue already
     (an event pass over many runs)."""
-    if queue is None:
-        context = progress_context([run])
-    else:
-        prefetch_related_objects([run], "jobs")
-        context = {"queue": queue}
+    context = progress_context([run], queue=queue)
     return dict(ProgressSerializer(run, context=context).data)
 
 
