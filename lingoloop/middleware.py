@@ -1,4 +1,5 @@
-"""Two guards around every request: the API's error shape, and no control characters.
+"""Three guards around every request: the API's error shape, no control characters, and no
+upload left behind.
 
 * Under /api/, an error that Django answers itself (a URL that matches nothing, a request
   over a parsing limit, an exception no view caught and, with DEBUG on, its debug pages) is
@@ -8,6 +9,9 @@
   before any view sees it: PostgreSQL cannot store or compare NUL (it raised a 500 from a
   token lookup), and no parameter of this service needs one. Form and JSON fields are refused
   the same way by DRF's and Django's own field validation.
+* The temporary files of a request's uploads are deleted before its answer leaves, not after
+  (Django closes them only once the response is sent). A view keeps an upload by moving it; a
+  client that reads a refusal finds nothing of its upload on disk, not for a moment.
 """
 
 from __future__ import annotations
@@ -72,11 +76,17 @@ class RequestGuards:
         refused = refuse_bad_query(request)
         if refused is not None:
             return refused
-        return _as_api_error(request, self.get_response(request))
+        try:
+            return _as_api_error(request, self.get_response(request))
+        finally:
+            request.close()
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
         refused = refuse_bad_query(request)
         if refused is not None:
             return refused
         get_response: Callable[[HttpRequest], Awaitable[HttpResponseBase]] = self.get_response
-        return _as_api_error(request, await get_response(request))
+        try:
+            return _as_api_error(request, await get_response(request))
+        finally:
+            request.close()
