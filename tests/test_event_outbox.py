@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
 import time_machine
-from django.db import transaction
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from django_eventstream.models import Event
 
@@ -92,4 +94,58 @@ def test_a_late_event_about_an_unfinished_state_is_dropped_once_the_run_finished
 
     run_events = Event.objects.filter(channel=f"run-{run.pk}").exclude(eid=0).order_by("eid")
     assert [e.type for e in run_events][-1] == "done"
+    assert not RunEventOutbox.objects.exists()
+
+
+def run_events(run: TranscriptRun) -> list[tuple[str, int]]:
+    rows = Event.objects.filter(channel=f"run-{run.pk}").exclude(eid=0).order_by("eid")
+    return [(e.type, json.loads(json.loads(e.data)).get("n", -1)) for e in rows]
+
+
+def test_delivering_twenty_events_costs_the_statements_of_one(run, monkeypatch):
+    def written(count: int) -> list[int]:
+        monkeypatch.setattr(transaction, "on_commit", lambda callback: None)
+        with transaction.atomic():
+            for n in range(count):
+                publish(run, "update", n=n)
+        monkeypatch.undo()
+        return list(RunEventOutbox.objects.values_list("pk", flat=True))
+
+    publish(run, "update", n=-1)  # the channels' counters exist, as for any running job
+    ids = written(1)
+    with CaptureQueriesContext(connection) as one:
+        deliver_outbox(ids)
+    ids = written(20)
+    with CaptureQueriesContext(connection) as twenty:
+        deliver_outbox(ids)
+
+    # A batch stores each channel's events with a fixed number of statements, not django-
+    # eventstream's seven for every event on every channel (60 events here).
+    assert len(twenty) == len(one)
+    assert [n for _, n in run_events(run)][-21:] == [0, *range(20)]
+    assert not RunEventOutbox.objects.exists()
+
+
+def test_the_events_of_one_transaction_are_delivered_together_in_their_order(run):
+    with transaction.atomic():
+        for n in range(5):
+            publish(run, "update", n=n)
+        assert RunEventOutbox.objects.count() == 5
+
+    assert [n for _, n in run_events(run)][-5:] == list(range(5))
+    assert not RunEventOutbox.objects.exists()
+
+
+def test_a_rolled_back_savepoint_takes_only_its_own_events_with_it(run):
+    with transaction.atomic():
+        publish(run, "update", n=1)
+        with pytest.raises(RuntimeError), transaction.atomic():
+            publish(run, "update", n=2)
+            raise RuntimeError("this part failed")
+        publish(run, "update", n=3)
+        with transaction.atomic():
+            publish(run, "update", n=4)
+        publish(run, "update", n=5)
+
+    assert [n for _, n in run_events(run)][-4:] == [1, 3, 4, 5]
     assert not RunEventOutbox.objects.exists()

@@ -124,6 +124,31 @@ def test_storage_numbers_a_channels_events_and_reads_them_after_an_id():
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_batch_numbers_each_channel_in_order_as_django_eventstream_does():
+    other = CHANNEL + "-other"
+    items = [(CHANNEL, "update", '{"n": 0}'), (other, "update", '{"n": 1}')]
+    items += [(CHANNEL, "done", '{"n": 2}')]
+    stored = eventhub.store_many(items)
+    assert [(e.channel, e.type, e.id, e.data) for e in stored] == [
+        (CHANNEL, "update", 1, '{"n": 0}'),
+        (other, "update", 1, '{"n": 1}'),
+        (CHANNEL, "done", 2, '{"n": 2}'),
+    ]
+    # django-eventstream's own writer and reader agree with the batch's rows and counters.
+    storage = eventhub._storage
+    assert storage.append_event(CHANNEL, "update", '{"n": 3}').id == 3
+    assert eventhub.store(CHANNEL, "update", '{"n": 4}').id == 4
+    assert storage.get_current_id(CHANNEL) == 4 and storage.get_current_id(other) == 1
+    assert [(e.id, e.type, e.data) for e in storage.get_events(CHANNEL, 0)] == [
+        (1, "update", '{"n": 0}'),
+        (2, "done", '{"n": 2}'),
+        (3, "update", '{"n": 3}'),
+        (4, "update", '{"n": 4}'),
+    ]
+    assert eventhub.store_many([]) == []
+
+
+@pytest.mark.django_db(transaction=True)
 def test_an_id_that_is_not_stored_answers_the_current_id():
     for _ in range(2):
         eventhub.store(CHANNEL, "update", "{}")
@@ -133,8 +158,10 @@ def test_an_id_that_is_not_stored_answers_the_current_id():
 
 @pytest.mark.django_db(transaction=True)
 def test_a_counter_that_exists_already_is_reused():
-    eventhub._ensure_counter(CHANNEL)
-    eventhub._ensure_counter(CHANNEL)
+    with transaction.atomic():
+        eventhub._locked_counter(CHANNEL)
+    with transaction.atomic():
+        eventhub._locked_counter(CHANNEL)
     assert eventhub._counter_values([CHANNEL]) == {CHANNEL: 0}
     assert eventhub.store(CHANNEL, "update", "{}").id == 1
 

@@ -24,7 +24,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
 from django.utils import timezone
 
-from lingoloop.eventhub import announce, store
+from lingoloop.eventhub import announce, store_many
 from lingoloop.timefmt import iso_utc
 from transcription.models import (
     TERMINAL_RUN_STATUSES,
@@ -74,7 +74,7 @@ def publish(
         channels=list(channels),
         data=json.dumps(data, cls=DjangoJSONEncoder),
     )
-    transaction.on_commit(lambda: deliver_outbox([row.pk]))
+    _deliver_on_commit(row.pk)
 
 
 def publish_attempt_error(
@@ -92,49 +92,105 @@ def publish_attempt_error(
     )
 
 
+class _Delivery:
+    """The outbox rows of one transaction (or savepoint), delivered together on its commit."""
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+
+    def __call__(self) -> None:
+        deliver_outbox(self.ids)
+
+
+def _deliver_on_commit(pk: int) -> None:
+    """Deliver outbox row `pk` once the current transaction commits, with the rows published
+    before it in the same transaction: a job's `update` and `done`, or a queue announcement's
+    fifty updates, are stored in one go. A row joins the delivery registered last only when
+    that one belongs to the same savepoint: Django drops the callbacks of a savepoint that
+    rolls back, which must not take rows of the outer transaction with them."""
+    connection = transaction.get_connection()
+    pending = connection.run_on_commit[-1] if connection.run_on_commit else None
+    if (
+        pending
+        and isinstance(pending[1], _Delivery)
+        and pending[0] == set(connection.savepoint_ids)
+    ):
+        pending[1].ids.append(pk)
+        return
+    delivery = _Delivery()
+    delivery.ids.append(pk)
+    transaction.on_commit(delivery)
+
+
+# Outbox rows delivered in one transaction: a queue announcement's fifty runs at most.
+DELIVERY_BATCH = 100
+
+
 def deliver_outbox(ids: list[int] | None = None, *, older_than: timedelta | None = None) -> int:
     """Move outbox rows into the event streams, each exactly once, oldest first; then announce
     them. `ids`: the rows a transaction just committed. `older_than`: the sweep for rows left
     by a process that died before delivering them. Never raises: a job must not fail because
-    an event could not be delivered now (the sweep will)."""
+    an event could not be delivered now (the sweep will).
+
+    Rows go DELIVERY_BATCH to a transaction, each taken under a row lock that another
+    deliverer skips (PostgreSQL; SQLite has one writer at a time), stored on all their
+    channels and deleted before the commit.
+    """
     rows = RunEventOutbox.objects.order_by("pk")
     if ids is not None:
         rows = rows.filter(pk__in=ids)
     if older_than is not None:
         rows = rows.filter(created_at__lt=timezone.now() - older_than)
+    pks = list(rows.values_list("pk", flat=True)[:1000])
     delivered = 0
-    for pk in list(rows.values_list("pk", flat=True)[:1000]):
+    for start in range(0, len(pks), DELIVERY_BATCH):
+        batch = pks[start : start + DELIVERY_BATCH]
         try:
             with transaction.atomic():
-                row = (
-                    RunEventOutbox.objects.select_for_update(skip_locked=True).filter(pk=pk).first()
+                taken = list(
+                    RunEventOutbox.objects.select_for_update(skip_locked=True)
+                    .filter(pk__in=batch)
+                    .order_by("pk")
                 )
-                if row is None:
-                    continue  # another process is delivering it, or did
-                stored = (
-                    []
-                    if _overtaken(row)
-                    else [store(channel, row.event, row.data) for channel in row.channels]
+                overtaken = _overtaken(taken)
+                stored = store_many(
+                    [
+                        (channel, row.event, row.data)
+                        for row in taken
+                        if row.pk not in overtaken
+                        for channel in row.channels
+                    ]
                 )
-                row.delete()
+                RunEventOutbox.objects.filter(pk__in=[row.pk for row in taken]).delete()
         except Exception:
-            logger.warning("could not deliver event %s yet", pk, exc_info=True)
+            logger.warning("could not deliver events %s yet", batch, exc_info=True)
             continue
         for event in stored:
             try:
                 announce(event)
             except Exception:
                 logger.warning("could not announce event %s", event.id, exc_info=True)
-        delivered += 1
+        delivered += len(taken)
     return delivered
 
 
-def _overtaken(row: RunEventOutbox) -> bool:
-    """A late event (its writer was slow or died) describing an unfinished run that has
-    finished since: storing it now would put a stale state after the run's `done`."""
-    if row.event == "done" or json.loads(row.data).get("status") in TERMINAL_RUN_STATUSES:
-        return False
-    return TranscriptRun.objects.filter(pk=row.run_id, status__in=TERMINAL_RUN_STATUSES).exists()
+def _overtaken(rows: list[RunEventOutbox]) -> set[int]:
+    """The late events among `rows` (their writer was slow or died) that describe an
+    unfinished run which has finished since: storing one now would put a stale state after
+    the run's `done`."""
+    late = {
+        row.pk: row.run_id
+        for row in rows
+        if row.event != "done" and json.loads(row.data).get("status") not in TERMINAL_RUN_STATUSES
+    }
+    if not late:
+        return set()
+    finished = set(
+        TranscriptRun.objects.filter(
+            pk__in=set(late.values()), status__in=TERMINAL_RUN_STATUSES
+        ).values_list("pk", flat=True)
+    )
+    return {pk for pk, run_id in late.items() if run_id in finished}
 
 
 def deliver_stranded_events() -> int:
