@@ -8,6 +8,7 @@ variable's name (see lingoloop/env.py).
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 from datetime import timedelta
 from pathlib import Path
@@ -111,6 +112,7 @@ INSTALLED_APPS = [
     "django_q",
     "tasks_admin",
     "transcription",
+    "webhooks",
 ]
 
 MIDDLEWARE = [
@@ -291,6 +293,23 @@ AUDIO_RETENTION_HOURS = env_int("AUDIO_RETENTION_HOURS", 0, minimum=0)
 # Hosts a run's callbackUrl may name although they are (or resolve to) private addresses:
 # an internal service the operator vouches for (transcription/callbacks.py).
 CALLBACK_ALLOWED_HOSTS = env_list("CALLBACK_ALLOWED_HOSTS", [])
+# Webhooks (webhooks/): the waits between a delivery's attempts (ms; about a day in all), the
+# bounds of one attempt, and the largest body sent whole (over it the transcript is left out).
+WEBHOOK_RETRY_DELAYS = env_int_list(
+    "WEBHOOK_RETRY_DELAYS",
+    [10_000, 60_000, 300_000, 1_800_000, 7_200_000, 21_600_000, 43_200_000],
+    minimum=0,
+)
+WEBHOOK_CONNECT_TIMEOUT_MS = env_int("WEBHOOK_CONNECT_TIMEOUT_MS", 5_000, minimum=100)
+WEBHOOK_TIMEOUT_MS = env_int("WEBHOOK_TIMEOUT_MS", 15_000, minimum=100)
+WEBHOOK_RESPONSE_MAX_BYTES = env_int("WEBHOOK_RESPONSE_MAX_BYTES", 65_536, minimum=1)
+WEBHOOK_MAX_PAYLOAD_BYTES = env_int("WEBHOOK_MAX_PAYLOAD_BYTES", 262_144, minimum=1024)
+WEBHOOK_MAX_ENDPOINTS = env_int("WEBHOOK_MAX_ENDPOINTS", 10, minimum=0)
+# Where this service is reached from outside (https://stt.example.com): webhook payloads then
+# carry absolute links. Empty: links are paths.
+PUBLIC_URL = env_str("PUBLIC_URL", "")
+if PUBLIC_URL and not re.fullmatch(r"https?://[^/\s]+(/\S*)?", PUBLIC_URL):
+    raise ImproperlyConfigured(f"PUBLIC_URL={PUBLIC_URL!r} is not an http(s) URL")
 
 # Uploads go straight to disk in chunks, never a whole file in memory, and stop at
 # MAX_UPLOAD_BYTES while they stream.

@@ -31,6 +31,19 @@ class PermanentError(Exception):
         self.message = message
 
 
+class RetryLater(Exception):
+    """An expected failure worth trying again (a receiver answered 503, say): the job is
+    queued again after its next retry delay, or after `after` when that is longer (a
+    `Retry-After`), until its attempts are spent. Logged as one line, without a traceback:
+    nothing in the code needs debugging."""
+
+    def __init__(self, code: str, message: str, *, after: timedelta | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.after = after
+
+
 class ClaimLost(Exception):
     """This worker's lease was taken over (or may be by now): stop and write nothing."""
 
@@ -98,6 +111,11 @@ class BaseJobHandler(Generic[ResultT]):
 
     def started(self, attempt: Attempt) -> None:
         """The attempt holds the job now (status processing, attempt counted)."""
+
+    def retry_delay(self, job: Job) -> timedelta | None:
+        """The wait before the next attempt of `job` (after `job.attempts` attempts); None:
+        the queue's own (WORKER_RETRY_DELAYS)."""
+        return None
 
     def run(self, attempt: Attempt) -> ResultT:
         """Do the work and return its result. Raise PermanentError, Cancelled, or anything

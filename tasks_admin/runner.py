@@ -28,6 +28,7 @@ from tasks_admin.handlers import (
     ClaimLost,
     PermanentError,
     Released,
+    RetryLater,
     get_handler,
     handler_or_none,
     periodic_job_types,
@@ -71,10 +72,14 @@ def cluster_state() -> tuple[str, object] | None:
     return row if row is not None else (WorkerState.STOPPING, timezone.now())
 
 
-def retry_delay(attempts: int) -> timedelta:
-    """The delay before the next attempt, after `attempts` attempts (WORKER_RETRY_DELAYS, ms)."""
-    delays = settings.WORKER_RETRY_DELAYS
-    return timedelta(milliseconds=delays[min(max(attempts, 1), len(delays)) - 1])
+def retry_delay(job: Job, *, at_least: timedelta | None = None) -> timedelta:
+    """The delay before the job's next attempt, after `job.attempts` attempts: its handler's,
+    else WORKER_RETRY_DELAYS (ms); never shorter than `at_least`."""
+    delay = handler_or_none(job.job_type).retry_delay(job)
+    if delay is None:
+        delays = settings.WORKER_RETRY_DELAYS
+        delay = timedelta(milliseconds=delays[min(max(job.attempts, 1), len(delays)) - 1])
+    return max(delay, at_least) if at_least is not None else delay
 
 
 class Outcome(StrEnum):
@@ -217,6 +222,11 @@ def _attempt(attempt: Attempt) -> Outcome:
             exc.code,
         )
         return _end_failed(job, worker_id, exc.code, exc.message)
+    except RetryLater as exc:
+        logger.warning(
+            "job %s (%s) attempt %d failed: %s", job.pk, job.job_type, job.attempts, exc.message
+        )
+        return _end_attempt_failed(job, worker_id, exc.code, exc.message, at_least=exc.after)
     except (Exception, TimeoutException) as exc:
         # One searchable line with the traceback for operators. The detail (which may name
         # files, hosts or settings) stays in the log; the job and its run keep a sentence fit
@@ -242,12 +252,15 @@ def _end_failed(job: Job, worker_id: str, code: str, message: str) -> Outcome:
     return Outcome.FAILED
 
 
-def _end_attempt_failed(job: Job, worker_id: str, code: str, message: str) -> Outcome:
+def _end_attempt_failed(
+    job: Job, worker_id: str, code: str, message: str, *, at_least: timedelta | None = None
+) -> Outcome:
     """Queue the job again after the next retry delay, or fail it once retries are spent."""
     if job.retries_left <= 0:
         return _end_failed(job, worker_id, code, message)
+    delay = retry_delay(job, at_least=at_least)
     with transaction.atomic():
-        if job.retry_later(worker_id, error=message, delay=retry_delay(job.attempts)):
+        if job.retry_later(worker_id, error=message, delay=delay):
             handler_or_none(job.job_type).retrying(job, message, job.run_after)
     return Outcome.RETRYING
 
@@ -327,7 +340,7 @@ def _reap(job: Job, now: datetime) -> bool:
         if job.retries_left > 0:
             if not holder.update(
                 status=JobStatus.QUEUED,
-                run_after=now + retry_delay(job.attempts),
+                run_after=now + retry_delay(job),
                 last_error=error,
                 locked_by="",
                 locked_until=None,

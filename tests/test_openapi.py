@@ -369,8 +369,9 @@ def assert_upload_left_nothing(before: tuple[int, int, int, set[str]], status: i
         assert upload_leftovers() == before
 
 
-# What no generated data can satisfy: a file that really is audio, a real password.
-_SEMANTIC_INPUT = {"transcribe", "obtainToken"}
+# What no generated data can satisfy: a file that really is audio, a real password, a URL
+# whose host resolves to public addresses only.
+_SEMANTIC_INPUT = {"transcribe", "obtainToken", "createWebhookEndpoint"}
 # DRF's LimitOffsetPagination reads an unusable `limit` or `offset` as its default (as the
 # parameters say) instead of refusing it; DESIGN.md does not ask for a 400 there.
 _LENIENT_QUERY = {"listRuns"}

@@ -69,4 +69,3 @@ def test_an_upload_the_view_moved_away_is_not_an_error(tmp_path, settings):
 
     assert response.status_code == 201
     assert (kept / "audio").exists()
-

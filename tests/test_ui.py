@@ -570,7 +570,7 @@ def test_log_in_see_and_regenerate_the_token_and_log_out(ui):
     ui.follow(page.get_by_role("link", name="API token"), "/accounts/token/")
     token_field = page.get_by_label("API token", exact=True)
     expect(token_field).to_have_attribute("type", "password")
-    page.get_by_role("button", name="Show").click()
+    page.get_by_role("button", name="Show", exact=True).click()
     expect(token_field).to_have_attribute("type", "text")
     expect(token_field).to_have_value(ui.service.account.token)
     ui.shot("token")

@@ -28,6 +28,11 @@ class UnsafeDestination(ValueError):
     """The URL may not be called; the message says why, in words for the client."""
 
 
+class Unresolvable(UnsafeDestination):
+    """The host does not resolve now: refused at submit time, tried again at delivery (DNS
+    may be back by then)."""
+
+
 def is_public(address: IPAddress) -> bool:
     """A global unicast address, also when an IPv4 address hides inside an IPv6 one."""
     if isinstance(address, ipaddress.IPv6Address):
@@ -49,7 +54,7 @@ def resolve(host: str, port: int) -> list[IPAddress]:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError, OSError):
-        raise UnsafeDestination(f"The host {host!r} does not resolve.") from None
+        raise Unresolvable(f"The host {host!r} does not resolve.") from None
     # The scope of a link-local IPv6 address (fe80::1%eth0) is cut off; the address decides.
     return [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
 

@@ -34,6 +34,7 @@ from transcription.models import (
     TranscriptRun,
 )
 from transcription.representations import progress_object, with_relations
+from transcription.signals import run_finished
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +76,14 @@ def publish(
         data=json.dumps(data, cls=DjangoJSONEncoder),
     )
     _deliver_on_commit(row.pk)
+
+
+def publish_finished(run: TranscriptRun, **extra: Any) -> None:
+    """`run` ended (succeeded, failed or cancelled): its `done` event, and the `run_finished`
+    signal to the apps that act on it (webhooks). Call it as `publish`, inside the
+    transaction that records the end."""
+    publish(run, "done", **extra)
+    run_finished.send(sender=TranscriptRun, run=run)
 
 
 def publish_attempt_error(

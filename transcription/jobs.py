@@ -29,8 +29,14 @@ from tasks_admin.handlers import (
 )
 from tasks_admin.models import Job, JobStatus
 from transcription import engine
-from transcription.events import announce_queue_positions, publish, publish_attempt_error
+from transcription.events import (
+    announce_queue_positions,
+    publish,
+    publish_attempt_error,
+    publish_finished,
+)
 from transcription.models import Audio, RunMode, RunStatus, TranscriptRun
+from transcription.signals import run_started
 
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
@@ -335,6 +341,7 @@ class TranscribeHandler(BaseJobHandler[Transcribed]):
                 raise Cancelled()
             run.refresh_from_db()
             publish(run, "update", newSegments=[])
+            run_started.send(sender=TranscriptRun, run=run)
             if run.mode == RunMode.ASYNC:  # a sync run's job was never in anyone's way
                 announce_queue_positions()
 
@@ -393,7 +400,7 @@ class TranscribeHandler(BaseJobHandler[Transcribed]):
         )
         run.refresh_from_db()
         publish(run, "update", newSegments=transcribed.unsent)
-        publish(run, "done", text=run.text)
+        publish_finished(run, text=run.text)
 
     def describe_many(self, jobs: Sequence[Job]) -> dict[UUID, Subject]:
         """The runs of a page of jobs, with owner and audio: one query."""
@@ -461,12 +468,12 @@ class TranscribeHandler(BaseJobHandler[Transcribed]):
         if run is None:
             return
         publish_attempt_error(run, attempt=job.attempts, code=code, message=error, retry_at=None)
-        publish(run, "done")
+        publish_finished(run)
 
     def cancelled(self, job: Job) -> None:
         run = self._end(job, RunStatus.CANCELLED)
         if run is not None:
-            publish(run, "done")
+            publish_finished(run)
 
 
 JOB_TYPE_PURGE = "purge_audio"

@@ -20,6 +20,20 @@ USER_PRIORITY_RANGE = (-10, 10)
 STAFF_PRIORITY_RANGE = (-100, 100)
 
 
+def validate_destination(url: str) -> str:
+    """A URL this service may call (a run's callbackUrl, a webhook endpoint): a well-formed
+    http(s) URL whose host is public or allow-listed (transcription/callbacks.py)."""
+    try:
+        check_callback_url(url)
+    except UnsafeDestination as exc:
+        raise serializers.ValidationError(str(exc), code="unsafe_callback_url") from None
+    try:
+        URLValidator(schemes=["http", "https"])(url)
+    except DjangoValidationError:
+        raise serializers.ValidationError("Enter a valid URL.", code="invalid") from None
+    return url
+
+
 class SubmitSerializer(serializers.Serializer):
     file = serializers.FileField(allow_empty_file=True, use_url=False)
     language = serializers.CharField(required=False, allow_blank=True, max_length=16, default="")
@@ -66,16 +80,7 @@ class SubmitSerializer(serializers.Serializer):
         return value
 
     def validate_callbackUrl(self, value: str) -> str:
-        if value:
-            try:
-                check_callback_url(value)
-            except UnsafeDestination as exc:
-                raise serializers.ValidationError(str(exc), code="unsafe_callback_url") from None
-            try:
-                URLValidator(schemes=["http", "https"])(value)
-            except DjangoValidationError:
-                raise serializers.ValidationError("Enter a valid URL.", code="invalid") from None
-        return value
+        return validate_destination(value) if value else value
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         model = attrs.get("model") or settings.WHISPER_MODEL

@@ -36,7 +36,7 @@ from lingoloop.refusals import Conflict, Invalid, LimitReached
 from tasks_admin.models import Job, JobStatus
 from tasks_admin.runner import run_job
 from tasks_admin.services import job_enqueue
-from transcription.events import announce_queue_positions, publish
+from transcription.events import announce_queue_positions, publish, publish_finished
 from transcription.jobs import JOB_TYPE_ASYNC, JOB_TYPE_SYNC
 from transcription.models import Audio, RunMode, RunStatus, TranscriptRun
 from transcription.probe import Probe, probe_audio
@@ -345,7 +345,7 @@ def run_cancel(*, run: TranscriptRun) -> TranscriptRun:
                 status=JobStatus.CANCELLED, finished_at=now, picked_by="", picked_until=None
             )
             run.refresh_from_db()
-            publish(run, "done")
+            publish_finished(run)
             announce_queue_positions()
             return run
         if TranscriptRun.objects.filter(

@@ -30,6 +30,7 @@ from django.http import (
     StreamingHttpResponse,
 )
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 from rest_framework.authtoken.models import Token
 
@@ -37,6 +38,7 @@ from lingoloop import eventhub
 from transcription.events import ALL_RUNS_CHANNEL, run_channel, user_channel
 from transcription.models import RunStatus, TranscriptRun
 from transcription.representations import progress_object
+from webhooks import web as webhooks_web
 
 RUNS_PER_PAGE = 50
 AUDIO_CHUNK_BYTES = 256 * 1024
@@ -220,8 +222,13 @@ def run_audio(request: HttpRequest, run_id: uuid.UUID) -> HttpResponseBase:
 @login_required
 @require_http_methods(["GET", "POST"])
 def token_page(request: HttpRequest) -> HttpResponse:
-    """See, copy and regenerate the API token. Regenerating revokes the old one at once."""
+    """See, copy and regenerate the API token (regenerating revokes the old one at once);
+    see and rotate the webhook signing secret, add and remove webhook endpoints."""
     user = cast(User, request.user)  # login_required: never anonymous
+    action = request.POST.get("action", "regenerate-token")
+    if request.method == "POST" and action in webhooks_web.ACTIONS:
+        webhooks_web.handle_account_post(request, action)
+        return redirect(reverse("account-token") + "#webhooks")
     if request.method == "POST":
         with transaction.atomic():
             Token.objects.filter(user=user).delete()
@@ -230,5 +237,9 @@ def token_page(request: HttpRequest) -> HttpResponse:
         messages.success(request, "A new token was created. The old one no longer works.")
         return redirect("account-token")
     token = Token.objects.filter(user=user).first()
-    context: dict[str, Any] = {"token": token, "base_url": request.build_absolute_uri("/")[:-1]}
+    context: dict[str, Any] = {
+        "token": token,
+        "base_url": request.build_absolute_uri("/")[:-1],
+        **webhooks_web.account_context(user.pk),
+    }
     return render(request, "registration/token.html", context)
