@@ -21,7 +21,6 @@ from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
-import httpx
 from django.conf import settings
 
 from lingoloop.characters import has_control_characters
@@ -49,6 +48,8 @@ class Answer:
 
 def post(url: str, body: bytes, headers: dict[str, str]) -> Answer:
     """POST `body` to `url` once; never raises for what the network or receiver does."""
+    import httpx  # here: web processes, which never send, do without it (3 MiB)
+
     started = time.monotonic()
 
     def spent() -> int:
@@ -84,13 +85,16 @@ def _post_to(
     deadline: float,
     spent: Callable[[], int],
 ) -> Answer:
+    import httpx
+
     host = url_parts.hostname or ""
     default_port = 443 if url_parts.scheme == "https" else 80
     port = url_parts.port or default_port
     sent_headers = {**headers, "Accept-Encoding": "identity"}
-    sent_headers["Host"] = host if port == default_port else f"{host}:{port}"
+    named = f"[{host}]" if ":" in host else host  # an IPv6 literal keeps its brackets
+    sent_headers["Host"] = named if port == default_port else f"{named}:{port}"
     extensions: dict[str, object] = {}
-    netloc = host
+    netloc = named
     if target is not None:
         netloc = f"[{target}]" if isinstance(target, ipaddress.IPv6Address) else str(target)
         if url_parts.scheme == "https":
