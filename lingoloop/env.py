@@ -6,6 +6,7 @@ typo in a deployment shows up as one clear line instead of a surprise hours late
 
 from __future__ import annotations
 
+import ipaddress
 import os
 
 from django.core.exceptions import ImproperlyConfigured
@@ -70,6 +71,21 @@ def env_list(name: str, default: list[str]) -> list[str]:
     if value is None or value == "":
         return default
     return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def env_networks(name: str, default: list[str]) -> list[str]:
+    """A comma-separated list of IP addresses or networks (``127.0.0.1,10.0.0.0/8,::1``),
+    each written back in its normal form."""
+    networks = []
+    for part in env_list(name, default):
+        try:
+            networks.append(str(ipaddress.ip_network(part, strict=False)))
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"{name}={_raw(name)!r}: {part!r} is not an IP address or network "
+                "(such as 10.0.0.0/8)"
+            ) from None
+    return networks
 
 
 def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:

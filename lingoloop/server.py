@@ -103,6 +103,10 @@ class CommandLineInterface(cli.CommandLineInterface):  # type: ignore[misc]
 
         use_connection_pool()
 
+        from lingoloop.metrics import prepare_folder
+
+        prepare_folder()
+
         get_resolver().url_patterns  # noqa: B018 (imports every view module now)
         gc.collect()
         gc.freeze()

@@ -8,6 +8,7 @@ variable's name (see lingoloop/env.py).
 from __future__ import annotations
 
 import logging
+import os
 import re
 import secrets
 from datetime import timedelta
@@ -23,6 +24,7 @@ from lingoloop.env import (
     env_int,
     env_int_list,
     env_list,
+    env_networks,
     env_str,
 )
 
@@ -116,6 +118,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Outermost: each request's latency, all the rest included (lingoloop/metrics.py).
+    "lingoloop.metrics.RequestMetrics",
     # First: the API's error shape for whatever any layer below answers under /api/.
     "lingoloop.middleware.RequestGuards",
     "django.middleware.security.SecurityMiddleware",
@@ -401,6 +405,27 @@ EVENTS_TOKEN_TTL = env_int("EVENTS_TOKEN_TTL", 3600, minimum=10)
 EVENTS_DB_POLL_MS = env_int("EVENTS_DB_POLL_MS", 50, minimum=20)
 # ...and the safety net for anything pub/sub lost while Redis is connected.
 REDIS_SAFETY_POLL_MS = env_int("REDIS_SAFETY_POLL_MS", 5000, minimum=100)
+
+# --- Metrics ------------------------------------------------------------------------------
+
+# GET /metrics (lingoloop/metrics.py) answers a staff session, this bearer token, or a client
+# at one of these addresses or networks (as TRUSTED_PROXY_COUNT tells it); nobody else.
+METRICS_TOKEN = env_str("METRICS_TOKEN")
+if METRICS_TOKEN and len(METRICS_TOKEN) < 24:
+    raise ImproperlyConfigured(
+        "METRICS_TOKEN must be at least 24 characters "
+        "(python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+    )
+METRICS_ALLOWED_IPS = env_networks("METRICS_ALLOWED_IPS", [])
+# Every process on this machine (web servers, worker clusters, django-q2's forked workers)
+# keeps its counters in files here, and /metrics adds them up: prometheus-client's
+# multiprocess mode, which reads the variable from the environment when it is first imported.
+# A local folder (tmpfs is best), never one shared between machines.
+PROMETHEUS_MULTIPROC_DIR = Path(
+    env_str("PROMETHEUS_MULTIPROC_DIR", str(DATA_DIR / "metrics"))
+).resolve()
+PROMETHEUS_MULTIPROC_DIR.mkdir(parents=True, exist_ok=True)
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(PROMETHEUS_MULTIPROC_DIR)
 
 # --- Security headers and login throttling ------------------------------------------------
 

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import io
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any, TypeVar
 
@@ -38,6 +39,7 @@ from django.middleware.security import SecurityMiddleware
 from django.urls import Resolver404, get_resolver
 from django.utils.log import log_response
 
+from lingoloop import metrics
 from lingoloop.errors import status_error
 from lingoloop.middleware import refuse_bad_query
 
@@ -93,16 +95,21 @@ class LongLivedRoutes:
         if match is None:
             await self.app(scope, receive, send)
             return
-        view, kwargs = match
+        view, kwargs, route = match
+        started = time.perf_counter()
         request = ASGIRequest(scope, io.BytesIO())
         response = await self._respond(request, view, kwargs)
+        # Its opening: Django's middleware (lingoloop.metrics.RequestMetrics) never sees it.
+        metrics.http_request_finished(
+            route, "GET", response.status_code, time.perf_counter() - started
+        )
         try:
             await _send(response, receive, send)
         finally:
             response.close()
 
     @staticmethod
-    def _match(scope: MutableMapping[str, Any]) -> tuple[Any, dict[str, Any]] | None:
+    def _match(scope: MutableMapping[str, Any]) -> tuple[Any, dict[str, Any], str] | None:
         if scope["type"] != "http" or scope["method"] != "GET":
             return None
         # The path below the prefix the service is mounted at, as Django resolves it.
@@ -113,7 +120,7 @@ class LongLivedRoutes:
             return None
         if not getattr(found.func, "long_lived", False):
             return None
-        return found.func, found.kwargs
+        return found.func, found.kwargs, str(found.route)
 
     @staticmethod
     async def _respond(

@@ -3,6 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
+from lingoloop.metrics import metrics_view
 from tasks_admin.urls import queue_urls
 from transcription.urls import api_urls, web_urls
 from webhooks.urls import api_urls as webhook_api_urls
@@ -16,6 +17,7 @@ urlpatterns = [
     path("api/", include(queue_urls)),
     path("api/", include(webhook_api_urls)),
     path("admin/", admin.site.urls),
+    path("metrics", metrics_view, name="metrics"),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("", include(web_urls)),

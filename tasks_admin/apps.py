@@ -14,3 +14,8 @@ class TasksAdminConfig(AppConfig):
         # ones named by configuration (for example a deployment's own job types).
         for module in settings.JOB_HANDLER_MODULES:
             import_module(module)
+
+        from lingoloop.metrics import register_collector
+        from tasks_admin.metrics import JobTableCollector
+
+        register_collector(JobTableCollector())

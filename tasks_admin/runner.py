@@ -13,6 +13,7 @@ import os
 import secrets
 import socket
 import threading
+import time
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -22,6 +23,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 from django_q.exceptions import TimeoutException
 
+from lingoloop import metrics
 from tasks_admin.handlers import (
     Attempt,
     Cancelled,
@@ -182,6 +184,10 @@ def run_job(job_id: str) -> Outcome:
             _drop_pick(job_id)  # paused or stopping: claim nothing new
         return Outcome.NOT_CLAIMED
     logger.info("job %s (%s) attempt %d by %s", job.pk, job.job_type, job.attempts, worker_id)
+    metrics.job_started(
+        job.job_type, due=job.run_after, created=job.created_at, started=timezone.now()
+    )
+    began = time.monotonic()
 
     attempt = Attempt(job=job, worker_id=worker_id, lease_until=job.locked_until)
     keeper = LeaseKeeper(attempt)
@@ -190,6 +196,7 @@ def run_job(job_id: str) -> Outcome:
         outcome = _attempt(attempt)
     finally:
         keeper.stop()
+    metrics.job_ended(job.job_type, outcome, time.monotonic() - began)
     if outcome in FINISHED and cluster_id():
         Worker.objects.filter(pk=cluster_id()).update(jobs_done=F("jobs_done") + 1)
     return outcome
@@ -249,6 +256,7 @@ def _end_failed(job: Job, worker_id: str, code: str, message: str) -> Outcome:
     with transaction.atomic():
         if job.finish(worker_id, JobStatus.FAILED, error=message):
             handler_or_none(job.job_type).failed(job, code, message)
+            metrics.job_failed(job.job_type, code)
     return Outcome.FAILED
 
 
@@ -262,6 +270,7 @@ def _end_attempt_failed(
     with transaction.atomic():
         if job.retry_later(worker_id, error=message, delay=delay):
             handler_or_none(job.job_type).retrying(job, message, job.run_after)
+            metrics.job_retrying(job.job_type, code)
     return Outcome.RETRYING
 
 
@@ -348,6 +357,7 @@ def _reap(job: Job, now: datetime) -> bool:
                 return False
             job.refresh_from_db()
             handler.retrying(job, error, job.run_after)
+            metrics.lease_expired(job.job_type, retried=True)
             return True
         if not holder.update(
             status=JobStatus.FAILED, last_error=error, finished_at=now, locked_until=None
@@ -355,4 +365,5 @@ def _reap(job: Job, now: datetime) -> bool:
             return False
         job.refresh_from_db()
         handler.failed(job, "worker_lost", error)
+        metrics.lease_expired(job.job_type, retried=False)
         return True

@@ -227,6 +227,8 @@ class Processes:
             **os.environ,
             "DATABASE_URL": _database_url(),
             "DATA_DIR": str(self.data_dir),
+            # Not this test process's folder (the settings put it in os.environ).
+            "PROMETHEUS_MULTIPROC_DIR": str(self.data_dir / "metrics"),
             "SECRET_KEY": settings.SECRET_KEY,
             "POLL_INTERVAL": "100",
             "LOG_LEVEL": "INFO",

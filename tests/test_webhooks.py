@@ -22,10 +22,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import httpx
 import pytest
 from standardwebhooks import Webhook
 
 from tests.conftest import JFK, Service, never_happens, wait_until
+from tests.test_metrics import TOKEN as METRICS_TOKEN
+from tests.test_metrics import parse, value
 from webhooks.models import DeliveryAttempt, WebhookDelivery, WebhookSecret
 
 pytestmark = pytest.mark.slow
@@ -81,8 +84,8 @@ def receiver() -> Iterator[Receiver]:
                 (*step, b"ok")[:3] if isinstance(step, tuple) else (step, {}, b"ok")
             )
             self.send_response(code)
-            for name, value in headers.items():
-                self.send_header(name, value)
+            for name, header in headers.items():
+                self.send_header(name, header)
             self.send_header("Content-Length", str(len(answer)))
             self.end_headers()
             with contextlib.suppress(OSError):  # a client that read enough hangs up
@@ -155,11 +158,17 @@ def test_a_finished_run_calls_its_callback_url_once_signed_with_the_owners_secre
 
 def test_a_receiver_that_fails_twice_gets_the_third_attempt(service, receiver):
     receiver.script = [500, 503, 200]
-    service.start_web(**FAST)
+    service.start_web(METRICS_TOKEN=METRICS_TOKEN, **FAST)
     service.worker(**FAST)
 
     run = service.submit(JFK, callbackUrl=receiver.url)
     (delivery,) = delivered(run["runId"])
+    scraped = httpx.get(
+        f"{service.web_url}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}
+    )
+    samples = parse(scraped.text)
+    for outcome, count in (("retrying", 2), ("delivered", 1), ("failed", 0)):
+        assert value(samples, "lingoloop_webhook_deliveries_total", outcome=outcome) == count
 
     assert [a.status_code for a in attempts(delivery)] == [500, 503, 200]
     assert [a.succeeded for a in attempts(delivery)] == [False, False, True]

@@ -24,6 +24,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
 from django.utils import timezone
 
+from lingoloop import metrics
 from lingoloop.eventhub import announce, store_many
 from lingoloop.timefmt import iso_utc
 from transcription.models import (
@@ -173,6 +174,7 @@ def deliver_outbox(ids: list[int] | None = None, *, older_than: timedelta | None
                 RunEventOutbox.objects.filter(pk__in=[row.pk for row in taken]).delete()
         except Exception:
             logger.warning("could not deliver events %s yet", batch, exc_info=True)
+            metrics.event_delivery_failed()
             continue
         for event in stored:
             try:
@@ -180,6 +182,7 @@ def deliver_outbox(ids: list[int] | None = None, *, older_than: timedelta | None
             except Exception:
                 logger.warning("could not announce event %s", event.id, exc_info=True)
         delivered += len(taken)
+        metrics.events_delivered(len(taken) - len(overtaken), overtaken=len(overtaken))
     return delivered
 
 

@@ -19,6 +19,7 @@ from django.db.models import F, Func, JSONField, QuerySet, Sum, Value
 from django.urls import reverse
 from django.utils import timezone
 
+from lingoloop import metrics
 from tasks_admin.handlers import (
     Attempt,
     BaseJobHandler,
@@ -367,6 +368,7 @@ class TranscribeHandler(BaseJobHandler[Transcribed]):
         )
         seconds = run.audio.duration_ms / 1000
         writer = ProgressWriter(run, attempt, assumed_rate=pace.assumed_rate(seconds))
+        began = time.monotonic()
         try:
             with writer.ticking():
                 result = engine.transcribe(
@@ -383,6 +385,10 @@ class TranscribeHandler(BaseJobHandler[Transcribed]):
                 raise PermanentError(exc.code, exc.message) from exc
             raise
         pace.learn(writer.clock.measured_rate(), seconds)
+        wall = time.monotonic() - began
+        metrics.transcribed(
+            model=run.model, mode=run.mode, audio_seconds=seconds, wall_seconds=wall
+        )
         return Transcribed(result, writer.unsent)
 
     def succeeded(self, attempt: Attempt, transcribed: Transcribed) -> None:

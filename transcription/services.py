@@ -32,6 +32,7 @@ from django.core.files.uploadedfile import UploadedFile
 from django.db import IntegrityError, connections, transaction
 from django.utils import timezone
 
+from lingoloop import metrics
 from lingoloop.refusals import Conflict, Invalid, LimitReached
 from tasks_admin.models import Job, JobStatus
 from tasks_admin.runner import run_job
@@ -180,6 +181,7 @@ def store_upload(upload: UploadedFile) -> StoredUpload:
     except BaseException:
         spooled.unlink(missing_ok=True)
         raise
+    metrics.upload_stored(stored.size_bytes)
     return stored
 
 

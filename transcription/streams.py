@@ -19,6 +19,7 @@ from django.http.response import HttpResponseBase
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
+from lingoloop import metrics
 from lingoloop.auth import is_token_shaped
 from lingoloop.errors import ApiError
 from lingoloop.eventhub import (
@@ -276,7 +277,9 @@ async def run_events(request: HttpRequest, run_id: uuid.UUID) -> HttpResponseBas
         return _error_response(error)
     start_id = _start_id(request, opening)
     return EventStreamResponse(
-        _stream(opening, start_id, "init", RUN_STREAM_EVENTS, ends_at_done=True)
+        metrics.watched_stream(
+            "run", _stream(opening, start_id, "init", RUN_STREAM_EVENTS, ends_at_done=True)
+        )
     )
 
 
@@ -288,5 +291,7 @@ async def user_events(request: HttpRequest) -> HttpResponseBase:
         return _error_response(error)
     start_id = _start_id(request, opening)
     return EventStreamResponse(
-        _stream(opening, start_id, "snapshot", USER_STREAM_EVENTS, ends_at_done=False)
+        metrics.watched_stream(
+            "user", _stream(opening, start_id, "snapshot", USER_STREAM_EVENTS, ends_at_done=False)
+        )
     )

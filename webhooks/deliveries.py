@@ -25,6 +25,7 @@ from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
 
+from lingoloop import metrics
 from lingoloop.timefmt import iso_utc
 from tasks_admin.handlers import Attempt, BaseJobHandler, PermanentError, RetryLater, Subject
 from tasks_admin.models import Job, JobStatus
@@ -155,11 +156,15 @@ class WebhookHandler(BaseJobHandler[tuple[WebhookDelivery, client.Answer]]):
         secret = WebhookSecret.of(delivery.run.owner_id).secret
         headers = signed_headers(secret, delivery.message_id, delivery.payload, timezone.now())
         answer = client.post(delivery.url, delivery.payload.encode(), headers)
+        retry = not answer.ok and not answer.refused and _worth_retrying(answer)
+        metrics.webhook_delivery_finished(
+            _outcome(answer, retry, attempt.job), answer.duration_ms / 1000
+        )
         if answer.ok:
             return delivery, answer
         _record(delivery, answer, attempt.worker_id)
         code, message = _why(answer)
-        if answer.refused or not _worth_retrying(answer):
+        if not retry:
             raise PermanentError(code, message)
         raise RetryLater(code, message, after=_capped(answer.retry_after))
 
@@ -218,6 +223,15 @@ def _worth_retrying(answer: client.Answer) -> bool:
     (never followed) will be answered the same way again."""
     code = answer.status_code
     return code is None or code == 429 or code >= 500
+
+
+def _outcome(answer: client.Answer, retry: bool, job: Job) -> str:
+    """The attempt as lingoloop_webhook_deliveries_total counts it."""
+    if answer.ok:
+        return "delivered"
+    if answer.refused:
+        return "refused"
+    return "retrying" if retry and job.retries_left > 0 else "failed"
 
 
 def _why(answer: client.Answer) -> tuple[str, str]:

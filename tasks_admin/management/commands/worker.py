@@ -43,6 +43,7 @@ from django.utils import timezone
 from django_q.cluster import Cluster
 from django_q.signals import post_spawn
 
+from lingoloop.metrics import prepare_folder
 from tasks_admin.handlers import housekeeping
 from tasks_admin.models import Job, Worker, WorkerState
 from tasks_admin.runner import (
@@ -180,6 +181,7 @@ class Command(BaseCommand):
             processes=settings.MAX_CONCURRENT_JOBS,
         )
         os.environ[CLUSTER_ENV] = worker.id
+        prepare_folder()  # before django-q2 forks: its processes count into a clean folder
         nice = lower_worker_processes_priority(settings.WORKER_NICE)
         self.stdout.write(self._banner(worker, nice))
         self.stdout.flush()
