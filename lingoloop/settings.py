@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import secrets
+import sys
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -170,6 +171,11 @@ if _database["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
     _database["TEST"] = {"NAME": str(DATA_DIR / "test-db.sqlite3")}
+    # DRF imports django.contrib.postgres.fields when it can, for ModelSerializer to map the
+    # PostgreSQL model fields, and with it psycopg: 9 MiB of every process. This project has
+    # no such field, and on SQLite nothing else needs psycopg; DRF does without when the
+    # import fails (rest_framework/compat.py).
+    sys.modules.setdefault("django.contrib.postgres.fields", None)  # type: ignore[arg-type]
 DATABASES = {"default": _database}
 # The most PostgreSQL connections a web process keeps in its pool (lingoloop/database.py);
 # 0: none kept, each request opens its own.

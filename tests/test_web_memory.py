@@ -19,21 +19,32 @@ def test_language_codes_are_the_ones_faster_whisper_knows() -> None:
     assert set(_LANGUAGE_CODES) == LANGUAGE_CODES
 
 
-def test_a_web_process_loads_no_engine_until_it_transcribes() -> None:
-    """The engine's libraries (~30 MiB) are loaded on the first transcription, not at start:
-    a web process that only queues work never needs them."""
+def loaded_at_start(packages: set[str], **env: str) -> list[str]:
+    """The modules of `packages` a web process has loaded once it is ready to serve."""
     probe = (
         "import json, sys, django; django.setup();"
         "from django.urls import get_resolver; get_resolver().url_patterns;"
         "import lingoloop.asgi;"
-        "print(json.dumps(sorted(m for m in sys.modules"
-        " if m.split('.')[0] in {'faster_whisper', 'ctranslate2', 'tokenizers', 'onnxruntime'})))"
+        f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {packages!r})))"
     )
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "lingoloop.settings"}
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "lingoloop.settings", **env}
     out = subprocess.run(
         [sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, check=True
     )
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+    return list(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def test_a_web_process_loads_no_engine_until_it_transcribes() -> None:
+    """The engine's libraries (~30 MiB) are loaded on the first transcription, not at start:
+    a web process that only queues work never needs them."""
+    assert loaded_at_start({"faster_whisper", "ctranslate2", "tokenizers", "onnxruntime"}) == []
+
+
+def test_a_web_process_on_sqlite_loads_no_postgresql_driver_and_no_http_client(tmp_path) -> None:
+    """DRF would import psycopg through django.contrib.postgres (9 MiB); webhooks import
+    httpx on their first attempt, in a worker (3 MiB)."""
+    sqlite = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    assert loaded_at_start({"psycopg", "httpx"}, DATABASE_URL=sqlite) == []
 
 
 ARENAS_AFTER_THREADS = """
