@@ -8,6 +8,7 @@ another worker took over finds nothing to claim and returns without touching any
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import secrets
@@ -22,6 +23,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 from django_q.exceptions import TimeoutException
 
+from lingoloop.logs import add_log_context, log_context
 from tasks_admin.handlers import (
     Attempt,
     Cancelled,
@@ -110,8 +112,12 @@ class LeaseKeeper(threading.Thread):
         self.job = Job(pk=attempt.job.pk)  # its own copy: the handler's is not thread-safe
         self.interval = max(0.5, settings.JOB_LEASE_SECONDS / 4)
         self.stopped = threading.Event()
+        self.log_context = contextvars.copy_context()  # its lines carry the attempt's ids
 
     def run(self) -> None:
+        self.log_context.run(self._keep)
+
+    def _keep(self) -> None:
         try:
             while not self.stopped.wait(self.interval):
                 close_old_connections()  # drops a connection that a failed tick left broken
@@ -165,7 +171,14 @@ def _drop_pick(job_id: str) -> None:
 
 
 def run_job(job_id: str) -> Outcome:
-    """The django-q2 task function: one attempt of one job. Never raises into django-q2."""
+    """The django-q2 task function: one attempt of one job. Never raises into django-q2.
+
+    Every line logged meanwhile carries the job's, its run's and this worker's ids."""
+    with log_context(job_id=job_id, worker_id=current_worker_id()):
+        return _run_job(job_id)
+
+
+def _run_job(job_id: str) -> Outcome:
     close_old_connections()
     worker_id = current_worker_id()
     # The claim reads the row once it has won it, and checks this cluster's state in the same
@@ -176,6 +189,7 @@ def run_job(job_id: str) -> Outcome:
         if state is not None and state[0] != WorkerState.RUNNING:
             _drop_pick(job_id)  # paused or stopping: claim nothing new
         return Outcome.NOT_CLAIMED
+    add_log_context(run_id=job.run_id)
     logger.info("job %s (%s) attempt %d by %s", job.pk, job.job_type, job.attempts, worker_id)
 
     attempt = Attempt(job=job, worker_id=worker_id, lease_until=job.locked_until)
@@ -314,7 +328,19 @@ def reap_expired_leases() -> int:
 
 
 def _reap(job: Job, now: datetime) -> bool:
-    logger.warning("job %s: worker %s stopped renewing its lease", job.pk, job.locked_by)
+    with log_context(job_id=job.pk, run_id=job.run_id, worker_id=job.locked_by):
+        # A failed attempt, as one that raised is, though its traceback died with its worker.
+        logger.error(
+            "job %s (%s) attempt %d failed: worker %s stopped renewing its lease",
+            job.pk,
+            job.job_type,
+            job.attempts,
+            job.locked_by,
+        )
+        return _take_back(job, now)
+
+
+def _take_back(job: Job, now: datetime) -> bool:
     error = "The worker running it stopped unexpectedly."
     holder = Job.objects.filter(
         pk=job.pk,
