@@ -251,7 +251,7 @@ def _attempt(attempt: Attempt) -> Outcome:
 
 def _end_failed(job: Job, worker_id: str, code: str, message: str) -> Outcome:
     with transaction.atomic():
-        if job.finish(worker_id, JobStatus.FAILED, error=message):
+        if job.finish(worker_id, JobStatus.FAILED, error=message, code=code):
             handler_or_none(job.job_type).failed(job, code, message)
     return Outcome.FAILED
 
@@ -363,7 +363,11 @@ def _take_back(job: Job, now: datetime) -> bool:
             handler.retrying(job, error, job.run_after)
             return True
         if not holder.update(
-            status=JobStatus.FAILED, last_error=error, finished_at=now, locked_until=None
+            status=JobStatus.FAILED,
+            last_error=error,
+            error_code="worker_lost",
+            finished_at=now,
+            locked_until=None,
         ):
             return False
         job.refresh_from_db()
