@@ -256,6 +256,18 @@ def test_every_answer_carries_an_x_request_id_that_its_log_lines_carry(service):
         "the 404 warnings with their request ids",
     )
 
+    def access_lines() -> list[dict[str, Any]]:
+        lines = json_lines(_web_log(service))
+        return [
+            line
+            for line in lines
+            if line["logger"] == "lingoloop.access" and "nothing-here" in line["message"]
+        ]
+
+    wait_until(lambda: len(access_lines()) == 3, 10, "the three access-log entries")
+    for line in access_lines():
+        assert (line["message"], line["status"]) == ("GET /api/nothing-here 404", 404)
+
 
 @pytest.mark.slow
 def test_the_event_streams_answer_with_a_request_id_too(service):
