@@ -76,7 +76,7 @@ test: venv
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy lingoloop transcription tasks_admin
+	$(VENV)/bin/mypy lingoloop transcription tasks_admin webhooks
 
 format: venv
 	$(VENV)/bin/ruff format .

@@ -1,6 +1,7 @@
 """`python -m lingoloop.server [daphne options]`: daphne, made fit for uploads from the internet.
 
-* The access log never shows tokens carried in query strings (see lingoloop.logs).
+* The access log never shows tokens carried in query strings (see lingoloop.logs); with
+  LOG_FORMAT=json its entries are lines of the JSON log (logger `lingoloop.access`).
 * A form body is not parsed by Twisted (see `_parsePOSTFormSubmission` below).
 * At most two malloc arenas (see lingoloop.malloc): RSS that does not grow with every thread.
 * What the application loads at start is frozen out of the garbage collector's reach.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import sys
 from typing import Any
 
@@ -30,10 +32,25 @@ from lingoloop.malloc import limit_arenas
 APPLICATION = "lingoloop.asgi:application"
 
 
+access_log = logging.getLogger("lingoloop.access")
+
+
 class RedactingAccessLog(AccessLogGenerator):
+    """daphne's access log, redacted; with LOG_FORMAT=json, lines of the JSON log instead."""
+
     def write_entry(  # type: ignore[no-untyped-def]
         self, host, date, request, status=None, length=None, ident=None, user=None
     ) -> None:
+        from django.conf import settings
+
+        if settings.LOG_FORMAT == "json":
+            access_log.info(
+                "%s %s",
+                redact(request),
+                status or "-",
+                extra={"client": host, "status": status, "bytes": length},
+            )
+            return
         super().write_entry(host, date, redact(request), status, length, ident, user)
 
 

@@ -499,16 +499,25 @@ USE_I18N = True
 USE_TZ = True
 
 LOG_LEVEL = env_choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR"))
+# text: readable lines; json: one JSON object a line. Both carry the request, run, job and
+# worker ids that apply and are redacted whole (lingoloop/logs.py).
+LOG_FORMAT = env_choice("LOG_FORMAT", "text", ("text", "json"))
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "filters": {"redact": {"()": "lingoloop.logs.RedactSecretsFilter"}},
+    "formatters": {
+        "text": {"()": "lingoloop.logs.TextFormatter"},
+        "json": {"()": "lingoloop.logs.JsonFormatter"},
+    },
+    "filters": {
+        "redact": {"()": "lingoloop.logs.RedactSecretsFilter"},
+        "context": {"()": "lingoloop.logs.ContextFilter"},
+    },
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",
-            "formatter": "plain",
-            "filters": ["redact"],
+            "formatter": LOG_FORMAT,
+            "filters": ["redact", "context"],
         }
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},

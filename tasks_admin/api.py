@@ -23,6 +23,7 @@ from tasks_admin.representations import (
     StatsSerializer,
     WorkersSerializer,
 )
+from tasks_admin.stats import operator_stats
 
 
 def workers_alive() -> int:
@@ -136,19 +137,23 @@ class StatsView(APIView):
     @extend_schema(
         operation_id="getStats",
         tags=["queue"],
-        description="Jobs by status, queue depth, age of the oldest queued job, live workers.",
+        description="Jobs by status, queue depth, age of the oldest queued job, live workers; "
+        "over the last hour and day: throughput and real-time factor, p50/p95 queue wait and "
+        "failures by error code; the webhook backlog.",
         responses={200: StatsSerializer, **error_responses(401)},
     )
     def get(self, request: Request) -> Response:
-        waiting = Job.objects.waiting().aggregate(oldest=Min("created_at"), depth=Count("id"))
+        now = timezone.now()
+        waiting = Job.objects.waiting(now).aggregate(oldest=Min("created_at"), depth=Count("id"))
         oldest = waiting["oldest"]
         stats = {
             "jobs": dict(Job.objects.values_list("status").annotate(n=Count("id")).order_by()),
             "queue_depth": waiting["depth"],
             "oldest_queued_age_seconds": (
-                round((timezone.now() - oldest).total_seconds(), 1) if oldest else None
+                round((now - oldest).total_seconds(), 1) if oldest else None
             ),
             "workers_alive": workers_alive(),
+            **operator_stats(now),
         }
         return Response(StatsSerializer(stats).data)
 

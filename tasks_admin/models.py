@@ -94,6 +94,9 @@ class Job(models.Model):
     locked_until = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True, default="")
+    # Why a failed job failed, as a machine code (`timeout`, `worker_lost`, a handler's own
+    # such as `not_audio`): /api/stats counts failures by it.
+    error_code = models.CharField(max_length=64, blank=True, default="")
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -108,6 +111,10 @@ class Job(models.Model):
             # The claim: WHERE status = 'queued' AND run_after <= now
             #            ORDER BY priority DESC, created_at ASC.
             models.Index(fields=["status", "-priority", "created_at"], name="idx_job_claim"),
+            # /api/stats and the dashboard chart: … WHERE finished_at >= ? (the last day's
+            # throughput and failures) and … WHERE started_at >= ? (its queue waits).
+            models.Index(fields=["finished_at"], name="idx_job_finished"),
+            models.Index(fields=["started_at"], name="idx_job_started"),
         ]
 
     def __str__(self) -> str:
@@ -165,12 +172,14 @@ class Job(models.Model):
             self.locked_until, self.heartbeat_at = until, now
         return renewed
 
-    def finish(self, worker_id: str, status: str, *, error: str = "") -> bool:
+    def finish(self, worker_id: str, status: str, *, error: str = "", code: str = "") -> bool:
         """End an attempt held by `worker_id` in a terminal state."""
         now = timezone.now()
         fields = {"status": status, "finished_at": now, "locked_until": None}
         if error:
             fields["last_error"] = error
+        if code:
+            fields["error_code"] = code
         won = (
             Job.objects.filter(pk=self.pk, status=JobStatus.PROCESSING, locked_by=worker_id).update(
                 **fields

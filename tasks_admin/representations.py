@@ -64,6 +64,69 @@ class JobCountsSerializer(serializers.Serializer):
         return super().to_representation({s: instance.get(s, 0) for s in JobStatus.values})
 
 
+class ThroughputSerializer(serializers.Serializer):
+    runs = serializers.IntegerField(
+        min_value=0, help_text="Runs finished (their transcription job succeeded)."
+    )
+    audioSeconds = serializers.FloatField(
+        source="audio_seconds", min_value=0, help_text="Audio those runs processed."
+    )
+    processingSeconds = serializers.FloatField(
+        source="processing_seconds",
+        min_value=0,
+        help_text="Wall time their successful attempts took, added up.",
+    )
+    realTimeFactor = serializers.FloatField(
+        source="real_time_factor",
+        allow_null=True,
+        help_text="Audio seconds per processing second (8.0: a minute of audio took 7.5 s); "
+        "null when nothing finished.",
+    )
+
+
+class QueueWaitSerializer(serializers.Serializer):
+    jobType = serializers.CharField(source="job_type")
+    jobs = serializers.IntegerField(
+        min_value=1, help_text="Jobs of this type whose latest attempt started in the window."
+    )
+    p50Seconds = serializers.FloatField(source="p50_seconds", min_value=0)
+    p95Seconds = serializers.FloatField(source="p95_seconds", min_value=0)
+
+
+class FailureSerializer(serializers.Serializer):
+    jobType = serializers.CharField(source="job_type")
+    code = serializers.CharField(help_text="The error code the job failed with.")
+    count = serializers.IntegerField(min_value=1)
+    rate = serializers.FloatField(
+        min_value=0,
+        max_value=1,
+        help_text="Share of the jobs of this type that ended in the window.",
+    )
+
+
+class StatsWindowSerializer(serializers.Serializer):
+    seconds = serializers.IntegerField(help_text="The window's length.")
+    throughput = ThroughputSerializer()
+    queueWait = QueueWaitSerializer(
+        source="queue_wait",
+        many=True,
+        help_text="p50 and p95 wait from due to start, by job type (nearest rank).",
+    )
+    failures = FailureSerializer(
+        many=True, help_text="Jobs that failed for good, by job type and error code."
+    )
+
+
+class StatsWindowsSerializer(serializers.Serializer):
+    lastHour = StatsWindowSerializer()
+    lastDay = StatsWindowSerializer()
+
+
+class WebhookBacklogSerializer(serializers.Serializer):
+    queued = serializers.IntegerField(min_value=0)
+    processing = serializers.IntegerField(min_value=0)
+
+
 class StatsSerializer(serializers.Serializer):
     jobs = JobCountsSerializer(help_text="Jobs by status.")
     queueDepth = serializers.IntegerField(
@@ -75,6 +138,13 @@ class StatsSerializer(serializers.Serializer):
         help_text="Age of the oldest due queued job; null when none.",
     )
     workersAlive = serializers.IntegerField(source="workers_alive", min_value=0)
+    windows = StatsWindowsSerializer(
+        help_text="Throughput, real-time factor, queue wait and failures over the last hour "
+        "and the last day."
+    )
+    webhookBacklog = WebhookBacklogSerializer(
+        source="webhook_backlog", help_text="Webhook deliveries queued or under way."
+    )
 
 
 class HealthSerializer(serializers.Serializer):

@@ -8,6 +8,7 @@ another worker took over finds nothing to claim and returns without touching any
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import secrets
@@ -24,6 +25,7 @@ from django.utils import timezone
 from django_q.exceptions import TimeoutException
 
 from lingoloop import metrics
+from lingoloop.logs import add_log_context, log_context
 from tasks_admin.handlers import (
     Attempt,
     Cancelled,
@@ -117,8 +119,12 @@ class LeaseKeeper(threading.Thread):
         self.job = Job(pk=attempt.job.pk)  # its own copy: the handler's is not thread-safe
         self.interval = max(0.5, settings.JOB_LEASE_SECONDS / 4)
         self.stopped = threading.Event()
+        self.log_context = contextvars.copy_context()  # its lines carry the attempt's ids
 
     def run(self) -> None:
+        self.log_context.run(self._keep)
+
+    def _keep(self) -> None:
         try:
             while not self.stopped.wait(self.interval):
                 close_old_connections()  # drops a connection that a failed tick left broken
@@ -172,7 +178,14 @@ def _drop_pick(job_id: str) -> None:
 
 
 def run_job(job_id: str) -> Outcome:
-    """The django-q2 task function: one attempt of one job. Never raises into django-q2."""
+    """The django-q2 task function: one attempt of one job. Never raises into django-q2.
+
+    Every line logged meanwhile carries the job's, its run's and this worker's ids."""
+    with log_context(job_id=job_id, worker_id=current_worker_id()):
+        return _run_job(job_id)
+
+
+def _run_job(job_id: str) -> Outcome:
     close_old_connections()
     worker_id = current_worker_id()
     # The claim reads the row once it has won it, and checks this cluster's state in the same
@@ -183,6 +196,7 @@ def run_job(job_id: str) -> Outcome:
         if state is not None and state[0] != WorkerState.RUNNING:
             _drop_pick(job_id)  # paused or stopping: claim nothing new
         return Outcome.NOT_CLAIMED
+    add_log_context(run_id=job.run_id)
     logger.info("job %s (%s) attempt %d by %s", job.pk, job.job_type, job.attempts, worker_id)
     metrics.job_started(
         job.job_type, due=job.run_after, created=job.created_at, started=timezone.now()
@@ -254,7 +268,7 @@ def _attempt(attempt: Attempt) -> Outcome:
 
 def _end_failed(job: Job, worker_id: str, code: str, message: str) -> Outcome:
     with transaction.atomic():
-        if job.finish(worker_id, JobStatus.FAILED, error=message):
+        if job.finish(worker_id, JobStatus.FAILED, error=message, code=code):
             handler_or_none(job.job_type).failed(job, code, message)
             metrics.job_failed(job.job_type, code)
     return Outcome.FAILED
@@ -336,7 +350,19 @@ def reap_expired_leases() -> int:
 
 
 def _reap(job: Job, now: datetime) -> bool:
-    logger.warning("job %s: worker %s stopped renewing its lease", job.pk, job.locked_by)
+    with log_context(job_id=job.pk, run_id=job.run_id, worker_id=job.locked_by):
+        # A failed attempt, as one that raised is, though its traceback died with its worker.
+        logger.error(
+            "job %s (%s) attempt %d failed: worker %s stopped renewing its lease",
+            job.pk,
+            job.job_type,
+            job.attempts,
+            job.locked_by,
+        )
+        return _take_back(job, now)
+
+
+def _take_back(job: Job, now: datetime) -> bool:
     error = "The worker running it stopped unexpectedly."
     holder = Job.objects.filter(
         pk=job.pk,
@@ -360,7 +386,11 @@ def _reap(job: Job, now: datetime) -> bool:
             metrics.lease_expired(job.job_type, retried=True)
             return True
         if not holder.update(
-            status=JobStatus.FAILED, last_error=error, finished_at=now, locked_until=None
+            status=JobStatus.FAILED,
+            last_error=error,
+            error_code="worker_lost",
+            finished_at=now,
+            locked_until=None,
         ):
             return False
         job.refresh_from_db()

@@ -6,6 +6,7 @@ line are atomic), so a test can count starts and finishes across processes.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from datetime import datetime
@@ -98,5 +99,21 @@ class Permanent(_Base):
         raise PermanentError("bad_input", "this job can never work")
 
 
-for handler in (Record(), Slow(), Fail(), Permanent()):
+class Leaky(_Base):
+    """Fails with secrets in its exception's text and in a logged field: the log must not
+    show them (TEST_SECRET names the secret)."""
+
+    job_type = "test.leaky"
+
+    def run(self, attempt: Attempt) -> None:
+        secret = os.environ.get("TEST_SECRET", "s3cr3t")
+        logging.getLogger("tests.leaky").warning(
+            "calling the callback", extra={"url": f"https://example.com/?token={secret}"}
+        )
+        raise RuntimeError(
+            f"GET /api/runs/events?access_token={secret} with Authorization: Bearer {secret}"
+        )
+
+
+for handler in (Record(), Slow(), Fail(), Permanent(), Leaky()):
     register(handler)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import logging
 import threading
@@ -253,7 +254,11 @@ class ProgressWriter:
         """Updates keep going out while the block runs, however long the engine is quiet."""
         stopped = threading.Event()
         ticker = threading.Thread(
-            target=self._tick_until, args=(stopped,), name=f"progress-{self.run.pk}", daemon=True
+            # In the attempt's context: its log lines carry the run's and job's ids.
+            target=contextvars.copy_context().run,
+            args=(self._tick_until, stopped),
+            name=f"progress-{self.run.pk}",
+            daemon=True,
         )
         ticker.start()
         try:

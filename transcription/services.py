@@ -8,6 +8,7 @@ then transcribe it here or leave it to the queue. Refusals are domain exceptions
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import hashlib
 import logging
@@ -292,7 +293,8 @@ def transcribe_here(run: TranscriptRun) -> None:
     """
     job_id = run.jobs.values_list("pk", flat=True).get()
     _, pool = _sync_capacity(settings.TRANSCRIBE_SYNC_CONCURRENCY)
-    pool.submit(_run_job_and_close, job_id).result()
+    # In the request's context: the attempt's log lines carry its request id.
+    pool.submit(contextvars.copy_context().run, _run_job_and_close, job_id).result()
     run.refresh_from_db()
 
 
