@@ -277,6 +277,7 @@ SPECTACULAR_SETTINGS = {
         "RunModeEnum": "transcription.models.RunMode",
         "StatusEnum": "transcription.models.RunStatus",
         "HealthStatusEnum": ["ok", "degraded", "error"],
+        "WebhookEventEnum": ["run.succeeded", "run.failed", "run.cancelled", "run.processing"],
     },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",

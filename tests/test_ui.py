@@ -402,14 +402,16 @@ def test_transcript_page_grows_live_and_catches_up_after_the_server_restarts(
     from playwright.sync_api import expect
 
     page = ui.page
-    run = ui.service.submit(long_speech(tmp_path / "interview.wav", repeats=8))
+    # Long enough, decoded one window after another, to be still running when the server
+    # stops: in batches the run could end first, and the page then had nothing to reconnect for.
+    run = ui.service.submit(long_speech(tmp_path / "interview.wav", repeats=16))
     ui.login()
     page.goto(ui.url(f"/runs/{run['runId']}/"))
     ui.mark_page()
     expect(page.locator("#run-badge")).to_have_text("Queued")
     expect(page.locator("#run-detail")).to_contain_text("1st in line")
 
-    ui.service.worker()
+    ui.service.worker(WHISPER_BATCH_SIZE="0")
     # Segments appear while the run is still being transcribed.
     page.wait_for_function(
         """() => document.querySelectorAll(".segment").length > 0
