@@ -37,7 +37,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.http.response import HttpResponseBase
@@ -50,6 +49,7 @@ from prometheus_client.registry import Collector
 
 from lingoloop.errors import ApiError
 from lingoloop.login_throttle import client_address
+from lingoloop.middleware import SyncAndAsyncMiddleware
 
 logger = logging.getLogger(__name__)
 
@@ -271,24 +271,14 @@ def route_of(request: HttpRequest) -> str:
     return "unmatched"
 
 
-class RequestMetrics:
+class RequestMetrics(SyncAndAsyncMiddleware):
     """Middleware, first in the chain: each request's latency by route. Sync and async, so
     async requests stay on the event loop. (The SSE streams do not pass here: see
     lingoloop.streaming, which records their opening itself.)"""
 
-    sync_capable = True
-    async_capable = True
-
-    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
-        self.get_response = get_response
-        if iscoroutinefunction(get_response):
-            markcoroutinefunction(self)
-
-    def __call__(self, request: HttpRequest) -> Any:
-        if iscoroutinefunction(self):
-            return self.__acall__(request)
+    def handle(self, request: HttpRequest) -> HttpResponseBase:
         started = time.perf_counter()
-        response = self.get_response(request)
+        response: HttpResponseBase = self.get_response(request)
         self._record(request, response, time.perf_counter() - started)
         return response
 

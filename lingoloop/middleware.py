@@ -59,8 +59,10 @@ def _as_api_error(request: HttpRequest, response: HttpResponseBase) -> HttpRespo
     return converted
 
 
-class RequestGuards:
-    """Sync and async, so that async views (the event streams) stay on the event loop."""
+class SyncAndAsyncMiddleware:
+    """A middleware that takes the mode of the chain it is put in, so that an async chain
+    (the event streams) stays on the event loop: a subclass writes `handle` (sync) and
+    `__acall__` (async)."""
 
     sync_capable = True
     async_capable = True
@@ -73,6 +75,17 @@ class RequestGuards:
     def __call__(self, request: HttpRequest) -> Any:
         if iscoroutinefunction(self):
             return self.__acall__(request)
+        return self.handle(request)
+
+    def handle(self, request: HttpRequest) -> HttpResponseBase:
+        raise NotImplementedError
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+        raise NotImplementedError
+
+
+class RequestGuards(SyncAndAsyncMiddleware):
+    def handle(self, request: HttpRequest) -> HttpResponseBase:
         refused = refuse_bad_query(request)
         if refused is not None:
             return refused
