@@ -31,6 +31,9 @@ from rest_framework.test import APIClient
 from tests.sseclient import EventStream
 from transcription.models import TranscriptRun
 
+# The browser tests' fixtures (`ui` and what it needs), for every test module.
+pytest_plugins = ["tests.browser"]
+
 ROOT = Path(__file__).resolve().parent.parent
 # A copy of ../shared/audio/jfk.flac (public domain), tracked so the suite runs anywhere.
 JFK = ROOT / "tests" / "data" / "jfk.flac"
