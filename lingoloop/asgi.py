@@ -6,6 +6,7 @@ limit that refuses oversized uploads while they stream; the SSE streams (views m
 lingoloop.streaming). There is no second push path. In front of it all, every request gets
 its `X-Request-ID` (kept from the client when sane, made otherwise, and sent back), the id its
 log lines carry (lingoloop.logs): the streams too, though they skip Django's middleware.
+After an upload, the memory it freed is handed back to the system (lingoloop.malloc).
 """
 
 import os
@@ -20,10 +21,13 @@ from channels.routing import ProtocolTypeRouter  # noqa: E402
 
 from lingoloop.limits import BodySizeLimit  # noqa: E402
 from lingoloop.logs import is_sane_request_id, new_request_id  # noqa: E402
+from lingoloop.malloc import ReleaseAfterLargeBodies  # noqa: E402
 from lingoloop.streaming import LongLivedRoutes  # noqa: E402
 
 application = CorrelationIdMiddleware(
-    ProtocolTypeRouter({"http": BodySizeLimit(LongLivedRoutes(django_asgi_app))}),
+    ProtocolTypeRouter(
+        {"http": ReleaseAfterLargeBodies(BodySizeLimit(LongLivedRoutes(django_asgi_app)))}
+    ),
     header_name="X-Request-ID",
     validator=is_sane_request_id,
     generator=new_request_id,

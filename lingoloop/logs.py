@@ -97,6 +97,14 @@ def current_ids() -> dict[str, str]:
     return {name: ids[name] for name in CONTEXT_FIELDS if name in ids}
 
 
+class ServerErrorsOnly(logging.Filter):
+    """On `django.request`: only 5xx answers. Django logs each 4xx as a warning ("Not Found:
+    /x") that the access log line already says, with the same request id."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not 400 <= getattr(record, "status_code", 500) < 500
+
+
 class ContextFilter(logging.Filter):
     """Puts the ids that apply on each record (None for those that do not), for formatters."""
 
@@ -125,7 +133,7 @@ def new_request_id() -> str:
 # --- Formatters --------------------------------------------------------------------------------
 
 
-def _short(value: str) -> str:
+def short_id(value: str) -> str:
     """The first 8 characters of a UUID, as the admin shows ids; other values whole."""
     try:
         return uuid.UUID(value).hex[:8]
@@ -144,7 +152,7 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         ids = " ".join(
-            f"{self._labels[name]}={_short(value)}"
+            f"{self._labels[name]}={short_id(value)}"
             for name in CONTEXT_FIELDS
             if (value := getattr(record, name, None))
         )

@@ -1,7 +1,9 @@
 """`python -m lingoloop.server [daphne options]`: daphne, made fit for uploads from the internet.
 
 * The access log never shows tokens carried in query strings (see lingoloop.logs); with
-  LOG_FORMAT=json its entries are lines of the JSON log (logger `lingoloop.access`).
+  LOG_FORMAT=json its entries are lines of the JSON log (logger `lingoloop.access`). Each
+  entry carries the answer's X-Request-ID, so it is the one line a 4xx gets (Django's own
+  "Not Found: …" warnings are dropped: lingoloop.logs.ServerErrorsOnly).
 * A form body is not parsed by Twisted (see `_parsePOSTFormSubmission` below).
 * At most two malloc arenas (see lingoloop.malloc): RSS that does not grow with every thread.
 * What the application loads at start is frozen out of the garbage collector's reach.
@@ -17,6 +19,7 @@ Takes daphne's own options (`-b 0.0.0.0 -p 8000 …`); the application defaults 
 
 from __future__ import annotations
 
+import contextvars
 import gc
 import json
 import logging
@@ -26,32 +29,43 @@ from typing import Any
 from daphne import cli, http_protocol
 from daphne.access import AccessLogGenerator
 
-from lingoloop.logs import redact
+from lingoloop.logs import redact, short_id
 from lingoloop.malloc import limit_arenas
 
 APPLICATION = "lingoloop.asgi:application"
 
 
 access_log = logging.getLogger("lingoloop.access")
+# The X-Request-ID of the answer daphne is finishing: it writes the access log entry while
+# LimitedWebRequest.handle_reply runs, and gives the log only method, path, status and size.
+_answering = contextvars.ContextVar[str | None]("answering", default=None)
 
 
 class RedactingAccessLog(AccessLogGenerator):
-    """daphne's access log, redacted; with LOG_FORMAT=json, lines of the JSON log instead."""
+    """daphne's access log, redacted, with the request id; with LOG_FORMAT=json, lines of the
+    JSON log instead."""
 
     def write_entry(  # type: ignore[no-untyped-def]
         self, host, date, request, status=None, length=None, ident=None, user=None
     ) -> None:
         from django.conf import settings
 
+        request_id = _answering.get()
         if settings.LOG_FORMAT == "json":
             access_log.info(
                 "%s %s",
                 redact(request),
                 status or "-",
-                extra={"client": host, "status": status, "bytes": length},
+                extra={"client": host, "status": status, "bytes": length, "request_id": request_id},
             )
             return
-        super().write_entry(host, date, redact(request), status, length, ident, user)
+        # daphne's NCSA-style line, the request id after it as the other lines show it.
+        self.stream.write(
+            f"{host} {ident or '-'} {user or '-'} [{date.strftime('%d/%b/%Y:%H:%M:%S')}] "
+            f'"{redact(request)}" {status or "-"} {length or "-"}'
+            + (f" [req={short_id(request_id)}]" if request_id else "")
+            + "\n"
+        )
 
 
 def _body_limit() -> int:
@@ -67,6 +81,7 @@ class LimitedWebRequest(http_protocol.WebRequest):  # type: ignore[misc]
 
     refused = False
     received = 0
+    request_id: str | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # Twisted parses a POSTed form body into `request.args` before daphne sees the
@@ -80,6 +95,22 @@ class LimitedWebRequest(http_protocol.WebRequest):  # type: ignore[misc]
             self._refuse()
             length = 0  # nothing of the body will be kept
         super().gotLength(length)
+
+    def handle_reply(self, message: dict[str, Any]) -> None:
+        if message.get("type") == "http.response.start":
+            self.request_id = next(
+                (
+                    value.decode("latin-1")
+                    for name, value in message.get("headers", ())
+                    if name.lower() == b"x-request-id"
+                ),
+                None,
+            )
+        token = _answering.set(getattr(self, "request_id", None))
+        try:
+            super().handle_reply(message)
+        finally:
+            _answering.reset(token)
 
     def handleContentChunk(self, data: bytes) -> None:
         if self.refused:

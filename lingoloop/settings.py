@@ -483,6 +483,8 @@ AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
 # A success must not wipe the count: an attacker with an account of their own could otherwise
 # log in to it between guesses at someone else's password.
 AXES_RESET_ON_SUCCESS = False
+# Not its "AXES: BEGIN version …" line on every start of every command (`--help` too).
+AXES_VERBOSE = False
 
 # --- Static, i18n, logging ----------------------------------------------------------------
 
@@ -513,6 +515,7 @@ LOGGING = {
     "filters": {
         "redact": {"()": "lingoloop.logs.RedactSecretsFilter"},
         "context": {"()": "lingoloop.logs.ContextFilter"},
+        "server_errors_only": {"()": "lingoloop.logs.ServerErrorsOnly"},
     },
     "handlers": {
         "console": {
@@ -523,6 +526,8 @@ LOGGING = {
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
+        # One line a 4xx: the access log's (lingoloop/server.py).
+        "django.request": {"filters": ["server_errors_only"]},
         "django_eventstream": {"level": "WARNING"},
         "faster_whisper": {"level": "WARNING"},
     },

@@ -242,19 +242,6 @@ def test_every_answer_carries_an_x_request_id_that_its_log_lines_carry(service):
     assert re.fullmatch(r"[0-9a-f]{32}", made.headers["X-Request-ID"])
     assert re.fullmatch(r"[0-9a-f]{32}", replaced.headers["X-Request-ID"])
     assert made.headers["X-Request-ID"] != replaced.headers["X-Request-ID"]
-    ids = {kept.headers["X-Request-ID"], made.headers["X-Request-ID"]}
-    wait_until(
-        lambda: (
-            ids
-            <= {
-                line.get("request_id")
-                for line in json_lines(_web_log(service))
-                if line["logger"] == "django.request"
-            }
-        ),
-        10,
-        "the 404 warnings with their request ids",
-    )
 
     def access_lines() -> list[dict[str, Any]]:
         lines = json_lines(_web_log(service))
@@ -267,6 +254,38 @@ def test_every_answer_carries_an_x_request_id_that_its_log_lines_carry(service):
     wait_until(lambda: len(access_lines()) == 3, 10, "the three access-log entries")
     for line in access_lines():
         assert (line["message"], line["status"]) == ("GET /api/nothing-here 404", 404)
+    # Each answer's own id, on its one line: Django's "Not Found" warning is not logged too.
+    assert [line["request_id"] for line in access_lines()] == [
+        response.headers["X-Request-ID"] for response in (kept, made, replaced)
+    ]
+    assert not [
+        line for line in json_lines(_web_log(service)) if line["logger"] == "django.request"
+    ]
+
+
+@pytest.mark.slow
+def test_a_client_error_is_one_text_line_with_its_request_id(service):
+    service.start_web()
+    answer = httpx.get(f"{service.web_url}/no/such/page", headers={"X-Request-ID": "lost-1"})
+    assert answer.status_code == 404
+
+    def lines() -> list[str]:
+        return [line for line in _web_log(service).splitlines() if "/no/such/page" in line]
+
+    wait_until(lines, 10, "the access-log line")
+    (line,) = lines()
+    assert '"GET /no/such/page" 404' in line and line.endswith("[req=lost-1]")
+
+
+@pytest.mark.parametrize(
+    ("status", "kept"), [(400, False), (404, False), (429, False), (500, True)]
+)
+def test_django_request_warnings_are_kept_for_server_errors_only(status, kept):
+    from lingoloop.logs import ServerErrorsOnly
+
+    record = logging.LogRecord("django.request", logging.WARNING, __file__, 1, "x", (), None)
+    record.status_code = status
+    assert ServerErrorsOnly().filter(record) is kept
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from faster_whisper.tokenizer import _LANGUAGE_CODES
 
 from tests.conftest import ROOT
@@ -95,3 +96,79 @@ def test_an_operators_malloc_arena_max_is_left_alone(monkeypatch) -> None:
 
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
     assert limit_arenas() is False
+
+
+FREED_HEAP = """
+import sys
+from lingoloop.malloc import release_free_memory
+
+def rss_mib():
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmRSS"))
+    return int(line.split()[1]) / 1024
+
+# 300 MiB in small blocks (below glibc's mmap threshold: they live in the heap), then all
+# freed but every 64th: the heap's top stays in use, so glibc's own trimming cannot shrink it.
+blocks = [bytes(2048) for _ in range(150_000)]
+kept = blocks[::64]
+del blocks
+freed = rss_mib()
+released = release_free_memory()
+print(released, round(freed - rss_mib()))
+"""
+
+
+def test_free_heap_memory_is_handed_back_to_the_system() -> None:
+    """What a transcription frees stays in a glibc heap unless it is trimmed: the reason the
+    web process trims after each sync transcription (bench/memory.py has the figures)."""
+    out = subprocess.run(
+        [sys.executable, "-c", FREED_HEAP], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    released, returned_mib = out.stdout.split()
+    assert released == "True"
+    assert int(returned_mib) > 100
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_sync_transcription_hands_its_freed_memory_back(alice, jfk, monkeypatch) -> None:
+    from tests.conftest import post_audio
+    from transcription import services
+
+    calls: list[str] = []
+    monkeypatch.setattr(services, "release_free_memory", lambda: calls.append("trim") or True)
+
+    response = post_audio(alice.client, jfk, mode="sync")
+
+    assert response.status_code == 201, response.content
+    assert response.json()["status"] == "succeeded"
+    assert calls == ["trim"]
+
+
+@pytest.mark.parametrize(("body", "trims"), [(b"x" * (1 << 20), 1), (b"x" * 1000, 0)])
+def test_the_web_process_trims_after_a_request_with_a_large_body(monkeypatch, body, trims):
+    """An upload's body is held whole by daphne and spooled by Django: what it leaves in the
+    heap is handed back once it is answered (lingoloop.malloc)."""
+    import asyncio
+
+    from lingoloop import malloc
+
+    calls: list[str] = []
+    monkeypatch.setattr(malloc, "release_free_memory", lambda: calls.append("trim") or True)
+    messages = [
+        {"type": "http.request", "body": body[: len(body) // 2], "more_body": True},
+        {"type": "http.request", "body": body[len(body) // 2 :], "more_body": False},
+    ]
+
+    async def receive():  # type: ignore[no-untyped-def]
+        return messages.pop(0)
+
+    async def send(message):  # type: ignore[no-untyped-def]
+        pass
+
+    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+        while (await receive())["more_body"]:
+            pass
+
+    middleware = malloc.ReleaseAfterLargeBodies(app)
+    asyncio.run(middleware({"type": "http"}, receive, send))
+    assert calls == ["trim"] * trims

@@ -34,6 +34,7 @@ from django.db import IntegrityError, connections, transaction
 from django.utils import timezone
 
 from lingoloop import metrics
+from lingoloop.malloc import release_free_memory
 from lingoloop.refusals import Conflict, Invalid, LimitReached
 from tasks_admin.models import Job, JobStatus
 from tasks_admin.runner import run_job
@@ -303,6 +304,8 @@ def _run_job_and_close(job_id: uuid.UUID) -> None:
         run_job(str(job_id))
     finally:
         connections.close_all()
+        # The web process keeps what the model freed as free heap otherwise (lingoloop.malloc).
+        release_free_memory()
 
 
 # --- Limits -------------------------------------------------------------------------------

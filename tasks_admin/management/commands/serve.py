@@ -18,11 +18,25 @@ from django.core.management.base import BaseCommand
 
 
 class Command(BaseCommand):
-    help = "Run the web server (daphne) and a worker cluster until interrupted."
+    help = (
+        "Run the web server (daphne) and a worker cluster until interrupted: what a "
+        "supervisor runs on one machine. Ctrl-C or SIGTERM stops both; send it to the "
+        "process group. Configuration comes from the environment (see the README)."
+    )
 
     def add_arguments(self, parser: Any) -> None:
-        parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
-        parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+        parser.add_argument(
+            "--host",
+            default=os.environ.get("HOST", "127.0.0.1"),
+            help="Address the web server listens on (default: $HOST or 127.0.0.1; "
+            "0.0.0.0 for every interface).",
+        )
+        parser.add_argument(
+            "--port",
+            type=int,
+            default=int(os.environ.get("PORT", "8000")),
+            help="TCP port of the web server (default: $PORT or 8000).",
+        )
 
     def handle(self, *args: Any, host: str, port: int, **options: Any) -> None:
         python = sys.executable
