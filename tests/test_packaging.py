@@ -146,3 +146,21 @@ def test_console_scripts_set_up_and_serve_lingoloop_outside_the_checkout(
     assert stylesheet.status_code == 200
     assert stylesheet.headers["content-type"].startswith("text/css")
     assert stylesheet.text == (ROOT / "lingoloop" / "static" / "css" / "app.css").read_text()
+
+
+def test_the_project_metadata_reads_without_a_setuptools_warning():
+    """`license` is an SPDX expression with no License classifier beside it: the table form
+    (`license = {text = …}`) made every install print three deprecation warnings."""
+    check = (
+        "from setuptools.dist import Distribution;"
+        "from setuptools.config.pyprojecttoml import apply_configuration;"
+        "print(apply_configuration(Distribution(), 'pyproject.toml').metadata.license_expression)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-W", "error", "-c", check],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "MIT"
