@@ -210,7 +210,7 @@ def test_upload_shows_upload_queue_and_live_progress_then_the_transcript(ui, tmp
         page.get_by_role("link", name="srt").click()
     srt = Path(download.value.path()).read_text()
     assert "-->" in srt and JFK_WORDS.search(srt.replace("\n", " "))
-    ui.shot("transcript", docs="transcript-page.png")
+    ui.shot("transcript")  # the README picture: tests/test_ui_transcript.py
 
     # A narrow window: nothing runs off the side.
     page.set_viewport_size({"width": 380, "height": 800})

@@ -30,12 +30,13 @@ from lingoloop.login_throttle import record_api_login, too_many_attempts
 from lingoloop.openapi import error_responses
 from lingoloop.pagination import BoundedLimitOffsetPagination
 from transcription import services
-from transcription.exports import CONTENT_TYPES, RENDERERS
+from transcription.exports import CONTENT_TYPES, LEVELS, RENDERERS, VERSIONS, render
 from transcription.models import RunStatus, TranscriptRun
 from transcription.representations import (
     ProgressSerializer,
     RunPageSerializer,
     RunSerializer,
+    SegmentAnswerSerializer,
     TokenAnswerSerializer,
     TranscriptJsonSerializer,
     progress_object,
@@ -44,6 +45,7 @@ from transcription.representations import (
     with_relations,
 )
 from transcription.serializers import (
+    SegmentCorrectionSerializer,
     SubmitRequestSerializer,
     SubmitSerializer,
     TokenRequestSerializer,
@@ -327,6 +329,13 @@ class FormatParameterNegotiation(DefaultContentNegotiation):
         return renderer, renderer.media_type
 
 
+def _choice(request: Request, name: str, choices: Iterable[str], default: str) -> str:
+    value = request.query_params.get(name, default)
+    if value not in choices:
+        raise ApiError("invalid_choice", f"{name} must be one of {', '.join(choices)}.", field=name)
+    return value
+
+
 class RunTranscriptView(APIView):
     content_negotiation_class = FormatParameterNegotiation
 
@@ -334,9 +343,27 @@ class RunTranscriptView(APIView):
         operation_id="getRunTranscript",
         tags=["runs"],
         description="The transcript of a succeeded run as a file (`Content-Disposition: "
-        "attachment`).",
+        "attachment`), with the owner's corrections unless `version=original`.",
         parameters=[
             OpenApiParameter("format", str, enum=list(RENDERERS), default="txt"),
+            OpenApiParameter(
+                "version",
+                str,
+                enum=list(VERSIONS),
+                default="edited",
+                description="`edited`: with the owner's corrections of segments; "
+                "`original`: as the model made it.",
+            ),
+            OpenApiParameter(
+                "level",
+                str,
+                enum=list(LEVELS),
+                default="segment",
+                description="`word`: one cue (srt, vtt) or row (tsv) per word, for runs "
+                "transcribed with wordTimestamps (else 409); a corrected segment stays one "
+                "cue. txt and json are the same at both levels (json segments carry their "
+                "words).",
+            ),
         ],
         responses={
             (200, "text/plain"): OpenApiResponse(OpenApiTypes.STR, "The transcript file."),
@@ -344,26 +371,121 @@ class RunTranscriptView(APIView):
             (200, "text/vtt"): OpenApiTypes.STR,
             (200, "text/tab-separated-values"): OpenApiTypes.STR,
             (200, "application/json"): TranscriptJsonSerializer,
-            **error_responses(400, 401, 404, 409, e409="The run has not succeeded."),
+            **error_responses(
+                400,
+                401,
+                404,
+                409,
+                e409="The run has not succeeded, or `level=word` for a run without word "
+                "timestamps.",
+            ),
         },
     )
     def get(self, request: Request, run_id: uuid.UUID) -> HttpResponse:
         run = get_run(request, run_id)
-        fmt = request.query_params.get("format", "txt")
-        if fmt not in RENDERERS:
-            raise ApiError(
-                "invalid_choice",
-                f"format must be one of {', '.join(RENDERERS)}.",
-                field="format",
-            )
+        fmt = _choice(request, "format", RENDERERS, "txt")
+        version = _choice(request, "version", VERSIONS, "edited")
+        level = _choice(request, "level", LEVELS, "segment")
         if run.status != RunStatus.SUCCEEDED:
             raise ApiError(
                 "transcript_not_ready",
                 f"The run is {run.status}; its transcript exists once it has succeeded.",
                 status_code=status.HTTP_409_CONFLICT,
             )
-        response = HttpResponse(RENDERERS[fmt](run), content_type=CONTENT_TYPES[fmt])
+        if level == "word" and not run.word_timestamps:
+            raise ApiError(
+                "no_word_timestamps",
+                "The run was transcribed without word timestamps: only level=segment exists.",
+                field="level",
+                status_code=status.HTTP_409_CONFLICT,
+            )
+        transcript = run.transcript(original=version == "original")
+        response = HttpResponse(render(transcript, fmt, level), content_type=CONTENT_TYPES[fmt])
         stem = run.audio.original_filename.rsplit(".", 1)[0] or "transcript"
         safe_stem = "".join(ch if ch.isalnum() or ch in "-_ " else "_" for ch in stem)[:100]
-        response["Content-Disposition"] = f'attachment; filename="{safe_stem}.{fmt}"'
+        name = [safe_stem]
+        if version == "original":
+            name.append("original")
+        if level == "word" and fmt in ("srt", "vtt", "tsv"):
+            name.append("words")
+        response["Content-Disposition"] = f'attachment; filename="{".".join(name)}.{fmt}"'
         return response
+
+
+class RunSegmentView(APIView):
+    """One segment of a succeeded run's transcript, corrected by its owner. The correction is
+    kept beside the model's text, which stays as it was."""
+
+    def _owned_run(self, request: Request, run_id: uuid.UUID) -> TranscriptRun:
+        run = get_run(request, run_id)
+        if run.owner_id != request.user.pk:  # staff see other people's runs, but not edit them
+            raise ApiError(
+                "permission_denied",
+                "Only the run's owner can correct its transcript.",
+                status_code=status.HTTP_403_FORBIDDEN,
+            )
+        return run
+
+    def _answer(self, change: Callable[[], dict[str, Any]]) -> Response:
+        try:
+            return Response(change())
+        except services.NoSuchSegment:
+            raise ApiError(
+                "not_found",
+                "The transcript has no such segment.",
+                field="segment_id",
+                status_code=status.HTTP_404_NOT_FOUND,
+            ) from None
+
+    @extend_schema(
+        operation_id="correctRunSegment",
+        tags=["runs"],
+        description="Correct the text of one segment (its `id`). The run's `text` and "
+        "`segments` and every transcript format show the correction from then on; "
+        "`version=original` and the segment's `originalText` keep the model's. The model's "
+        "own text removes the correction. No event or webhook is sent.",
+        request=SegmentCorrectionSerializer,
+        responses={
+            200: SegmentAnswerSerializer,
+            **error_responses(
+                400,
+                401,
+                403,
+                404,
+                409,
+                415,
+                e403="Not the run's owner, or a session request without its CSRF token.",
+                e404="No such run, not yours, or no such segment.",
+                e409="The run has not succeeded.",
+            ),
+        },
+    )
+    def patch(self, request: Request, run_id: uuid.UUID, segment_id: int) -> Response:
+        run = self._owned_run(request, run_id)
+        serializer = SegmentCorrectionSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        text = serializer.validated_data.get("text")
+        return self._answer(
+            lambda: services.segment_correct(run=run, segment_id=segment_id, text=text)
+        )
+
+    @extend_schema(
+        operation_id="revertRunSegment",
+        tags=["runs"],
+        description="Drop the correction of one segment: the model's text again.",
+        responses={
+            200: SegmentAnswerSerializer,
+            **error_responses(
+                401,
+                403,
+                404,
+                409,
+                e403="Not the run's owner, or a session request without its CSRF token.",
+                e404="No such run, not yours, or no such segment.",
+                e409="The run has not succeeded.",
+            ),
+        },
+    )
+    def delete(self, request: Request, run_id: uuid.UUID, segment_id: int) -> Response:
+        run = self._owned_run(request, run_id)
+        return self._answer(lambda: services.segment_revert(run=run, segment_id=segment_id))

@@ -1,11 +1,19 @@
-"""A finished transcript as a file: txt, srt, vtt, tsv or json."""
+"""A finished transcript as a file: txt, srt, vtt, tsv or json.
+
+Each format comes in two versions (`?version=`): with the owner's corrections (the default) or
+as the model made it, and, for runs transcribed with word timestamps, at two levels
+(`?level=`): one cue per segment, or one per word. A corrected segment has no word times of
+its own (the model's words timed the model's text), so at the word level it is one cue, with
+the segment's times and its corrected text; `version=original` has the model's words.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from typing import Any
 
-from transcription.models import TranscriptRun
+from transcription.models import Transcript
 from transcription.representations import TranscriptJsonSerializer
 
 CONTENT_TYPES = {
@@ -15,6 +23,10 @@ CONTENT_TYPES = {
     "tsv": "text/tab-separated-values; charset=utf-8",
     "json": "application/json",
 }
+VERSIONS = ("edited", "original")
+LEVELS = ("segment", "word")
+
+Cue = dict[str, Any]  # start, end (seconds), text
 
 
 def _timestamp(seconds: float, separator: str) -> str:
@@ -25,40 +37,70 @@ def _timestamp(seconds: float, separator: str) -> str:
     return f"{hours:02d}:{minutes:02d}:{secs:02d}{separator}{millis:03d}"
 
 
-def _cues(segments: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [s for s in segments if str(s.get("text", "")).strip()]
+def _one_line(text: str) -> str:
+    # A line break or tab inside a cue would end it, or shift a TSV column.
+    return " ".join(str(text).split())
 
 
-def to_txt(run: TranscriptRun) -> str:
-    return run.text.strip() + "\n"
+def _word_cues(segment: dict[str, Any]) -> Iterator[Cue]:
+    if segment.get("edited") or not segment.get("words"):
+        yield segment
+        return
+    for word in segment["words"]:
+        yield {"start": word["start"], "end": word["end"], "text": word["word"]}
 
 
-def to_srt(run: TranscriptRun) -> str:
+def cues(transcript: Transcript, level: str = "segment") -> list[Cue]:
+    """The timed lines of a transcript at `level`, those without words left out."""
+    lines: Iterable[Cue] = transcript.segments
+    if level == "word":
+        lines = (cue for segment in transcript.segments for cue in _word_cues(segment))
+    return [
+        {"start": cue["start"], "end": cue["end"], "text": _one_line(cue.get("text", ""))}
+        for cue in lines
+        if _one_line(cue.get("text", ""))
+    ]
+
+
+def _vtt_text(text: str) -> str:
+    # WebVTT cue text is markup: `<` opens a tag, `&` an entity, and `-->` may not appear.
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def to_txt(transcript: Transcript, level: str) -> str:
+    return transcript.text.strip() + "\n"
+
+
+def to_srt(transcript: Transcript, level: str) -> str:
     blocks = [
-        f"{n}\n{_timestamp(s['start'], ',')} --> {_timestamp(s['end'], ',')}\n{s['text'].strip()}\n"
-        for n, s in enumerate(_cues(run.segments), start=1)
+        f"{n}\n{_timestamp(c['start'], ',')} --> {_timestamp(c['end'], ',')}\n{c['text']}\n"
+        for n, c in enumerate(cues(transcript, level), start=1)
     ]
     return "\n".join(blocks)
 
 
-def to_vtt(run: TranscriptRun) -> str:
+def to_vtt(transcript: Transcript, level: str) -> str:
     blocks = [
-        f"{_timestamp(s['start'], '.')} --> {_timestamp(s['end'], '.')}\n{s['text'].strip()}\n"
-        for s in _cues(run.segments)
+        f"{_timestamp(c['start'], '.')} --> {_timestamp(c['end'], '.')}\n{_vtt_text(c['text'])}\n"
+        for c in cues(transcript, level)
     ]
     return "WEBVTT\n\n" + "\n".join(blocks)
 
 
-def to_tsv(run: TranscriptRun) -> str:
+def to_tsv(transcript: Transcript, level: str) -> str:
     rows = ["start\tend\ttext"]
-    for s in _cues(run.segments):
-        text = s["text"].strip().replace("\t", " ").replace("\n", " ")
-        rows.append(f"{round(s['start'] * 1000)}\t{round(s['end'] * 1000)}\t{text}")
+    for c in cues(transcript, level):
+        rows.append(f"{round(c['start'] * 1000)}\t{round(c['end'] * 1000)}\t{c['text']}")
     return "\n".join(rows) + "\n"
 
 
-def to_json(run: TranscriptRun) -> str:
-    return json.dumps(TranscriptJsonSerializer(run).data, ensure_ascii=False, indent=2)
+def to_json(transcript: Transcript, level: str) -> str:
+    """The same at both levels: the segments carry their words."""
+    return json.dumps(TranscriptJsonSerializer(transcript).data, ensure_ascii=False, indent=2)
 
 
 RENDERERS = {"txt": to_txt, "srt": to_srt, "vtt": to_vtt, "tsv": to_tsv, "json": to_json}
+
+
+def render(transcript: Transcript, fmt: str, level: str = "segment") -> str:
+    return RENDERERS[fmt](transcript, level)

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, TypedDict
+from typing import TYPE_CHECKING, Any, ClassVar, TypedDict
 
 from django.conf import settings
 from django.db import models
@@ -92,6 +92,9 @@ class TranscriptRun(models.Model):
     language_probability = models.FloatField(null=True, blank=True)
     text = models.TextField(blank=True, default="")
     segments = models.JSONField(default=list, blank=True)
+    # Corrections made by the owner on top of `segments`, which stay as the model made them:
+    # {"<segment id>": {"text": "…", "editedAt": "…Z"}}. See `corrected_segments`.
+    segment_edits = models.JSONField(default=dict, blank=True)
     error_code = models.CharField(max_length=64, blank=True, default="")
     error_message = models.TextField(blank=True, default="")
 
@@ -130,6 +133,49 @@ class TranscriptRun(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in TERMINAL_RUN_STATUSES
+
+    def corrected_segments(self) -> list[dict[str, Any]]:
+        """The segments with the owner's corrections: a corrected one carries its new `text`,
+        `edited: true`, `editedAt`, the model's `originalText` and, instead of `words` (they
+        time the model's words, not the corrected ones), `originalWords`. The others are as
+        the model made them (the stored dicts themselves when nothing was corrected)."""
+        if not self.segment_edits:
+            return list(self.segments)
+        return [self.with_edit(segment) for segment in self.segments]
+
+    def with_edit(self, segment: dict[str, Any]) -> dict[str, Any]:
+        """One of the model's segments with its correction, if it has one."""
+        edit = self.segment_edits.get(str(segment.get("id")))
+        if edit is None:
+            return segment
+        corrected = {key: value for key, value in segment.items() if key != "words"}
+        corrected.update(
+            text=edit["text"],
+            edited=True,
+            editedAt=edit["editedAt"],
+            originalText=segment.get("text", ""),
+        )
+        if "words" in segment:
+            corrected["originalWords"] = segment["words"]
+        return corrected
+
+    def corrected_text(self) -> str:
+        """The whole text with the corrections, joined as the engine joins it."""
+        if not self.segment_edits:
+            return self.text
+        return joined_text(self.corrected_segments())
+
+    def transcript(self, *, original: bool = False) -> Transcript:
+        """The transcript as exported: with the corrections, or as the model made it."""
+        if original:
+            return Transcript(self, self.text, list(self.segments), edited=False)
+        return Transcript(
+            self, self.corrected_text(), self.corrected_segments(), bool(self.segment_edits)
+        )
+
+    def segment(self, segment_id: int) -> dict[str, Any] | None:
+        """The model's segment with this id (its position in the transcript)."""
+        return next((s for s in self.segments if s.get("id") == segment_id), None)
 
     def jobs_oldest_first(self) -> list[Job]:
         """Its jobs (a retry adds one), from the prefetched set when the caller has one."""
@@ -185,6 +231,22 @@ class TranscriptRun(models.Model):
         speed = audio_ms / wall_ms if audio_ms and wall_ms > 0 else None
         cls._speed_cache = (time.monotonic(), speed)
         return speed
+
+
+def joined_text(segments: Iterable[Mapping[str, Any]]) -> str:
+    """The text of some segments, as the engine joins them (transcription/engine.py)."""
+    return " ".join(s["text"].strip() for s in segments if str(s.get("text", "")).strip())
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """A finished run's transcript in one version: corrected (`edited`: it holds some
+    corrections) or the model's own."""
+
+    run: TranscriptRun
+    text: str
+    segments: list[dict[str, Any]]
+    edited: bool
 
 
 @dataclass(frozen=True)

@@ -183,11 +183,33 @@ class WordSerializer(serializers.Serializer):
 
 
 class SegmentSerializer(serializers.Serializer):
-    id = serializers.IntegerField()
+    id = serializers.IntegerField(help_text="Its position in the transcript, from 0.")
     start = serializers.FloatField(help_text="Seconds.")
     end = serializers.FloatField(help_text="Seconds.")
-    text = serializers.CharField(allow_blank=True)
-    words = WordSerializer(many=True, required=False, help_text="With wordTimestamps only.")
+    text = serializers.CharField(allow_blank=True, help_text="With the owner's correction.")
+    words = WordSerializer(
+        many=True,
+        required=False,
+        help_text="With wordTimestamps only, and not on a corrected segment (see originalWords).",
+    )
+    edited = serializers.BooleanField(
+        required=False, help_text="Present and true on a corrected segment."
+    )
+    editedAt = UtcDateTimeField(required=False, help_text="Corrected segments only.")
+    originalText = serializers.CharField(
+        required=False, allow_blank=True, help_text="The model's text; corrected segments only."
+    )
+    originalWords = WordSerializer(
+        many=True,
+        required=False,
+        help_text="The model's words of a corrected segment (with wordTimestamps).",
+    )
+
+
+class SegmentAnswerSerializer(SegmentSerializer):
+    """One segment after a correction or its removal."""
+
+    edited = serializers.BooleanField(help_text="Whether the segment is corrected.")
 
 
 # Segments are stored as the engine made them (JSON); they are answered as stored, and these
@@ -217,8 +239,17 @@ class RunSerializer(ProgressSerializer):
         help_text="A signed, read-only token for `?access_token=` on the event streams; it "
         "expires after EVENTS_TOKEN_TTL seconds."
     )
-    text = serializers.CharField(required=False, allow_blank=True, help_text="Succeeded only.")
-    segments = SegmentsField(required=False, help_text="Succeeded only.")
+    text = serializers.CharField(
+        source="corrected_text",
+        required=False,
+        allow_blank=True,
+        help_text="Succeeded only; with the owner's corrections.",
+    )
+    segments = SegmentsField(
+        source="corrected_segments",
+        required=False,
+        help_text="Succeeded only; with the owner's corrections, each beside the model's text.",
+    )
     language = serializers.CharField(
         source="detected_language",
         required=False,
@@ -253,13 +284,15 @@ class RunPageSerializer(serializers.Serializer):
     results = RunSerializer(many=True)
 
 
+# Of a models.Transcript: the run's transcript in one version (`?version=`).
 class TranscriptJsonSerializer(serializers.Serializer):
     """`?format=json` of the transcript endpoint."""
 
-    runId = serializers.UUIDField(source="id")
-    language = serializers.CharField(source="detected_language", allow_blank=True)
-    languageProbability = serializers.FloatField(source="language_probability", allow_null=True)
-    durationMs = serializers.IntegerField(source="audio.duration_ms")
+    runId = serializers.UUIDField(source="run.id")
+    language = serializers.CharField(source="run.detected_language", allow_blank=True)
+    languageProbability = serializers.FloatField(source="run.language_probability", allow_null=True)
+    durationMs = serializers.IntegerField(source="run.audio.duration_ms")
+    edited = serializers.BooleanField(help_text="Whether some segment here is corrected.")
     text = serializers.CharField(allow_blank=True)
     segments = SegmentsField()
 

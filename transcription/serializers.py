@@ -7,6 +7,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.validators import URLValidator
+from drf_spectacular.extensions import OpenApiSerializerExtension
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
@@ -14,7 +15,7 @@ from rest_framework import serializers
 from transcription.callbacks import UnsafeDestination, check_callback_url
 from transcription.languages import LANGUAGE_CODES
 from transcription.models import Task
-from transcription.services import RunOptions
+from transcription.services import SEGMENT_TEXT_MAX_LENGTH, RunOptions
 
 USER_PRIORITY_RANGE = (-10, 10)
 STAFF_PRIORITY_RANGE = (-100, 100)
@@ -158,6 +159,47 @@ class SubmitRequestSerializer(SubmitSerializer):
     callbackUrl = serializers.URLField(
         required=False, allow_blank=True, max_length=2000, help_text="An http(s) URL."
     )
+
+
+class TextField(serializers.CharField):
+    """Text as JSON sends it: a string, not a number that DRF would turn into one."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class SegmentCorrectionSerializer(serializers.Serializer):
+    """The body of `PATCH /api/runs/{runId}/segments/{segmentId}`."""
+
+    # services.clean_segment_text folds the whitespace and checks the characters. Absent: no
+    # change (a PATCH names what it changes; this is all it can change).
+    text = TextField(
+        required=False,
+        allow_blank=True,
+        trim_whitespace=False,
+        max_length=SEGMENT_TEXT_MAX_LENGTH,
+        help_text=f"The segment's corrected text, at most {SEGMENT_TEXT_MAX_LENGTH} "
+        "characters; line breaks and runs of whitespace become single spaces. Empty: the "
+        "segment says nothing (it is left out of txt, srt, vtt and tsv).",
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        # A misspelt field would otherwise be a PATCH that quietly changes nothing.
+        if set(self.initial_data) - set(self.fields):
+            raise serializers.ValidationError("Only `text` can be changed.", code="unknown_field")
+        return attrs
+
+
+class ClosedBodyExtension(OpenApiSerializerExtension):
+    """The schema says that SegmentCorrectionSerializer takes no other field, as it checks."""
+
+    target_class = SegmentCorrectionSerializer
+
+    def map_serializer(self, auto_schema: Any, direction: Any) -> Any:
+        schema = auto_schema._map_serializer(self.target, direction, bypass_extensions=True)
+        return {**schema, "additionalProperties": False}
 
 
 class TokenRequestSerializer(serializers.Serializer):

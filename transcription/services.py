@@ -1,5 +1,5 @@
 """Writes that span several models: submitting a transcription, cancelling, retrying and
-deleting runs.
+deleting runs; correcting a finished transcript.
 
 `run_submit` reads as its steps: store the upload, probe it, decide the mode, create the rows,
 then transcribe it here or leave it to the queue. Refusals are domain exceptions
@@ -34,6 +34,7 @@ from django.db import IntegrityError, connections, transaction
 from django.utils import timezone
 
 from lingoloop import metrics
+from lingoloop.characters import has_control_characters
 from lingoloop.malloc import release_free_memory
 from lingoloop.refusals import Conflict, Invalid, LimitReached
 from tasks_admin.models import Job, JobStatus
@@ -379,6 +380,7 @@ def run_retry(*, run: TranscriptRun) -> TranscriptRun:
             progress=0.0,
             text="",
             segments=[],
+            segment_edits={},  # corrections of segments that a new transcription replaces
             error_code="",
             error_message="",
             started_at=None,
@@ -411,3 +413,84 @@ def run_delete(*, run: TranscriptRun) -> None:
         if not audio.runs.exists():
             audio.delete()
             transaction.on_commit(audio.delete_file)
+
+
+# --- Corrections of a finished transcript ----------------------------------------------------
+
+SEGMENT_TEXT_MAX_LENGTH = 1000
+_WHITESPACE = re.compile(r"\s+")
+
+
+class NoSuchSegment(LookupError):
+    """The run's transcript has no segment with this id."""
+
+
+def clean_segment_text(text: str) -> str:
+    """A correction as it is kept: at most SEGMENT_TEXT_MAX_LENGTH characters as sent, no
+    control characters, NFC, on one line (a line break would end an SRT or VTT cue early).
+    Empty is allowed: the segment then says nothing, as the model's empty segments do."""
+    if has_control_characters(text) or any(0xD800 <= ord(ch) <= 0xDFFF for ch in text):
+        raise Invalid(
+            "invalid_characters",
+            "The text may not contain NUL, other control characters or lone surrogates.",
+            field="text",
+        )
+    if len(text) > SEGMENT_TEXT_MAX_LENGTH:  # as sent: what the API's schema says
+        raise Invalid(
+            "max_length",
+            f"A segment's text may be at most {SEGMENT_TEXT_MAX_LENGTH} characters long.",
+            field="text",
+        )
+    return _WHITESPACE.sub(" ", unicodedata.normalize("NFC", text)).strip()
+
+
+@contextmanager
+def _editable_run(run: TranscriptRun, segment_id: int) -> Iterator[tuple[TranscriptRun, dict]]:
+    """The run's row, locked until the block ends (two corrections at once: the second waits
+    and then reads the first, so neither is lost and the last one wins), with the segment."""
+    with transaction.atomic():
+        locked = TranscriptRun.objects.select_for_update().get(pk=run.pk)
+        if locked.status != RunStatus.SUCCEEDED:
+            raise Conflict(
+                "transcript_not_ready",
+                f"The run is {locked.status}; only the transcript of a succeeded run can be "
+                "corrected.",
+            )
+        segment = locked.segment(segment_id)
+        if segment is None:
+            raise NoSuchSegment(segment_id)
+        yield locked, segment
+        locked.save(update_fields=["segment_edits"])
+
+
+def segment_correct(*, run: TranscriptRun, segment_id: int, text: str | None) -> dict:
+    """Keep `text` as the correction of one segment of a succeeded run; the model's segment
+    stays as it was. The model's own text again removes the correction. No event is sent:
+    the run has finished, and its watchers' streams have ended.
+
+    Returns the segment as the run now shows it (`TranscriptRun.corrected_segments`). No
+    `text`: no change.
+    """
+    text = None if text is None else clean_segment_text(text)
+    with _editable_run(run, segment_id) as (locked, segment):
+        key = str(segment_id)
+        if text is None:
+            pass
+        elif text == str(segment.get("text", "")).strip():
+            locked.segment_edits.pop(key, None)
+        else:
+            edited_at = timezone.now().isoformat().replace("+00:00", "Z")
+            locked.segment_edits[key] = {"text": text, "editedAt": edited_at}
+    return _shown_segment(locked, segment)
+
+
+def segment_revert(*, run: TranscriptRun, segment_id: int) -> dict:
+    """The model's text again for one segment: its correction is dropped (none: no change)."""
+    with _editable_run(run, segment_id) as (locked, segment):
+        locked.segment_edits.pop(str(segment_id), None)
+    return _shown_segment(locked, segment)
+
+
+def _shown_segment(run: TranscriptRun, segment: dict) -> dict:
+    shown = run.with_edit(segment)
+    return {**shown, "edited": shown.get("edited", False)}

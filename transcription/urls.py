@@ -9,6 +9,7 @@ run_urls = [
     path("retry", api.RunRetryView.as_view(), name="run-retry"),
     path("transcript", api.RunTranscriptView.as_view(), name="run-transcript"),
     path("events", streams.run_events, name="run-events"),
+    path("segments/<int:segment_id>", api.RunSegmentView.as_view(), name="run-segment"),
 ]
 
 api_urls: list[URLPattern | URLResolver] = [

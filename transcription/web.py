@@ -36,8 +36,10 @@ from rest_framework.authtoken.models import Token
 
 from lingoloop import eventhub
 from transcription.events import ALL_RUNS_CHANNEL, run_channel, user_channel
+from transcription.exports import RENDERERS
 from transcription.models import RunStatus, TranscriptRun
 from transcription.representations import progress_object
+from transcription.services import SEGMENT_TEXT_MAX_LENGTH
 from webhooks import web as webhooks_web
 
 RUNS_PER_PAGE = 50
@@ -114,6 +116,25 @@ def runs_page(request: HttpRequest) -> HttpResponse:
     )
 
 
+@dataclass
+class Download:
+    label: str
+    href: str
+    name: str  # what a screen reader says: "srt", "srt with word timestamps"
+
+
+def downloads(run: TranscriptRun) -> tuple[list[Download], list[Download]]:
+    """The transcript's files: every format, then the word-level ones (with word timestamps)."""
+    base = reverse("run-transcript", args=[run.pk])
+    formats = [Download(fmt, f"{base}?format={fmt}", fmt) for fmt in RENDERERS]
+    words = [
+        Download(fmt, f"{base}?format={fmt}&level=word", f"{fmt} with word timestamps")
+        for fmt in ("srt", "vtt", "tsv")  # json has the words at either level
+        if run.word_timestamps
+    ]
+    return formats, words
+
+
 @login_required
 def run_page(request: HttpRequest, run_id: uuid.UUID) -> HttpResponse:
     last_event_id = eventhub.current_id(run_channel(run_id))
@@ -125,9 +146,12 @@ def run_page(request: HttpRequest, run_id: uuid.UUID) -> HttpResponse:
             "end": segment.get("end", 0),
             "label": clock(float(segment.get("start", 0)) * 1000),
             "text": str(segment.get("text", "")).strip(),
+            "edited": bool(segment.get("edited")),
+            "original": str(segment.get("originalText", "")).strip(),
         }
-        for index, segment in enumerate(run.segments or [])
+        for index, segment in enumerate(run.corrected_segments() or [])
     ]
+    formats, word_formats = downloads(run)
     return render(
         request,
         "transcription/run.html",
@@ -138,7 +162,12 @@ def run_page(request: HttpRequest, run_id: uuid.UUID) -> HttpResponse:
             "last_event_id": last_event_id,
             "progress": progress_object(run),
             "active": run.status in (RunStatus.QUEUED, RunStatus.PROCESSING),
-            "formats": ["txt", "srt", "vtt", "json"],
+            "formats": formats,
+            "word_formats": word_formats,
+            "any_edited": any(s["edited"] for s in segments),
+            # Staff see other people's runs; only the owner corrects a transcript.
+            "can_edit": run.owner_id == request.user.pk,
+            "text_max_length": SEGMENT_TEXT_MAX_LENGTH,
         },
     )
 
