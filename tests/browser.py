@@ -56,6 +56,14 @@ def collected_static(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return data_dir / "staticfiles"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test on a browser page (it uses `ui`, or the static files a browser needs) is
+    marked `browser`: `-m "not browser"` leaves them out."""
+    for item in items:
+        if {"ui", "collected_static"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.browser)
+
+
 @dataclass
 class UI:
     """A browser page on the service, and the service's API beside it to check what it shows."""

@@ -19,13 +19,8 @@ from django.contrib import admin
 from django.test import Client
 from django.urls import reverse
 
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, requires_chromium
 from tests.conftest import Account, make_account, queued_run
-from tests.test_ui import (  # noqa: F401  (fixtures used by the browser test)
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    collected_static,
-    requires_chromium,
-)
 from transcription.models import TranscriptRun
 
 CSP = "Content-Security-Policy"
@@ -196,7 +191,7 @@ document.addEventListener("securitypolicyviolation", event => window.__violation
 
 @requires_chromium
 @pytest.mark.slow
-def test_every_page_works_in_chromium_without_a_policy_violation(processes, collected_static):  # noqa: F811
+def test_every_page_works_in_chromium_without_a_policy_violation(processes, collected_static):
     from playwright.sync_api import expect, sync_playwright
 
     # The ORM before the browser starts (see tests/test_ui.py's docstring).
