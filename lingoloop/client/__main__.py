@@ -1,0 +1,3 @@
+from lingoloop.client.cli import main
+
+raise SystemExit(main())
