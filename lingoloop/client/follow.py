@@ -41,6 +41,7 @@ class RunState:
     segments: dict[int, dict[str, Any]] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
     live: bool = True  # False once following fell back to polling
+    last_event_id: str | None = None  # where a new connection takes up the stream
 
     @property
     def finished(self) -> bool:
@@ -79,11 +80,10 @@ def follow(
     """Follow `state`'s run until it has finished (or `stop` is set); `on_change` gets the
     state and the new segments after every event."""
     stop = stop or threading.Event()
-    last_id: str | None = None
     failures = 0
     while not stop.is_set() and not state.finished:
         try:
-            last_id = _read_stream(api, state, on_change, last_id, stop)
+            _read_stream(api, state, on_change, stop)
             failures = 0
         except StreamUnavailable:
             _poll(api, state, on_change, stop)
@@ -103,10 +103,11 @@ def _read_stream(
     api: Api,
     state: RunState,
     on_change: Callable[[RunState, list[dict[str, Any]]], None],
-    last_id: str | None,
     stop: threading.Event,
-) -> str | None:
-    headers = {"Last-Event-ID": last_id} if last_id else {}
+) -> None:
+    """Read the run's stream until `done`; the id of each event is kept as it arrives, so a
+    connection that breaks is taken up after the last event handled."""
+    headers = {"Last-Event-ID": state.last_event_id} if state.last_event_id else {}
     timeout = httpx.Timeout(10.0, read=READ_TIMEOUT)
     with connect_sse(
         api.http, "GET", f"/api/runs/{state.run_id}/events", headers=headers, timeout=timeout
@@ -115,8 +116,6 @@ def _read_stream(
         if "text/event-stream" not in source.response.headers.get("content-type", ""):
             raise StreamUnavailable("The server's event stream is not an event stream here.")
         for event in source.iter_sse():
-            if event.id:
-                last_id = event.id
             if event.event in ("init", "update", "error", "done"):
                 try:
                     data = event.json()
@@ -127,9 +126,10 @@ def _read_stream(
                     if event.event == "error":
                         _note_failed_attempt(state, data)
                     on_change(state, fresh)
+            if event.id:
+                state.last_event_id = event.id  # handled: a reconnect starts after it
             if event.event == "done" or state.finished or stop.is_set():
                 break
-    return last_id
 
 
 def _note_failed_attempt(state: RunState, data: dict[str, Any]) -> None:
