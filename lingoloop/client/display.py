@@ -113,7 +113,8 @@ class Display:
             for segment in fresh:
                 prefix = f"[dim]{escape(name)} {clock(float(segment.get('start', 0)))}[/dim] "
                 self.say(prefix + escape(str(segment.get("text", "")).strip()))
-        if not self.interactive and self._said.get(key) != state.status:
+        # In a pipe, a line a change of status; the end is said by the command's summary.
+        if not self.interactive and not state.finished and self._said.get(key) != state.status:
             self._said[key] = state.status
             self.err.print(f"{name}: {describe(state)}", markup=False)
 
