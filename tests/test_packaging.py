@@ -147,6 +147,20 @@ def test_console_scripts_set_up_and_serve_lingoloop_outside_the_checkout(
     assert stylesheet.headers["content-type"].startswith("text/css")
     assert stylesheet.text == (ROOT / "lingoloop" / "static" / "css" / "app.css").read_text()
 
+    # The command-line client comes with it, and reaches the server (which refuses a token
+    # it never gave: exit 3).
+    assert "transcribe" in run([str(installed / "lingoloop"), "--help"], workdir)
+    refused = subprocess.run(
+        [str(installed / "lingoloop"), "runs"],
+        cwd=workdir,
+        env=clean_env(LINGOLOOP_URL=base, LINGOLOOP_TOKEN="not-a-token"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 3, refused.stderr
+    assert "lingoloop login" in refused.stderr
+
 
 def test_the_project_metadata_reads_without_a_setuptools_warning():
     """`license` is an SPDX expression with no License classifier beside it: the table form
