@@ -507,3 +507,32 @@ def test_login_keeps_the_token_for_its_owner_only_and_bad_credentials_exit_3(
     refused = lingoloop("runs", env={**env, "LINGOLOOP_TOKEN": "not-a-token"})
     assert refused.returncode == 3
     assert "lingoloop login" in refused.stderr and "Traceback" not in refused.stderr
+
+
+@pytest.mark.slow
+def test_watch_without_ids_shows_every_change_of_my_runs_until_ctrl_c(service: Service, tmp_path):
+    service.start_web(**ASYNC_ONLY)
+    env = cli_env(tmp_path, service.web_url, service.account.token)
+    first = service.submit()["runId"]
+    watching = started("watch", "--json", env=env)
+    assert watching.stdout is not None
+    lines: list[dict[str, Any]] = []
+
+    def reader() -> None:
+        for line in watching.stdout:  # type: ignore[union-attr]
+            lines.append(json.loads(line))
+
+    def seen(event: str, run: str, status: str) -> bool:
+        return any(
+            (line["event"], line.get("runId"), line.get("status")) == (event, run, status)
+            for line in lines
+        )
+
+    threading.Thread(target=reader, daemon=True).start()
+    wait_until(lambda: seen("snapshot", first, "queued"), 30, "the snapshot of the queued run")
+    second = service.submit()["runId"]
+    wait_until(lambda: seen("update", second, "queued"), 30, "the new run")
+    service.api("POST", f"/api/runs/{first}/cancel")
+    wait_until(lambda: seen("done", first, "cancelled"), 30, "the first run's end")
+    watching.send_signal(signal.SIGINT)
+    assert watching.wait(timeout=30) == 0

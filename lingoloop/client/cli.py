@@ -595,6 +595,8 @@ def watch_all(api: Api, args: argparse.Namespace) -> int:
                     timeout=httpx.Timeout(10.0, read=READ_TIMEOUT),
                 ) as source:  # fmt: skip
                     check(source.response)
+                    if not args.json and last_id is None:
+                        print("Watching your runs; Ctrl-C stops.", file=sys.stderr)
                     for event in source.iter_sse():
                         failures = 0
                         last_id = event.id or last_id
