@@ -415,8 +415,9 @@ def finish(items: list[Item], args: argparse.Namespace, display: Display) -> int
         if args.no_wait and item.run_id:
             print(item.run_id)  # for scripts: one run id a line
             display.note(f"{item.path.name}: {item.status}, run {item.run_id}")
-        elif item.written and item.written != "-":
-            display.note(f"{item.path.name}: {item.status} → {item.written}")
+        elif item.written:
+            where = "standard output" if item.written == "-" else item.written
+            display.note(f"{item.path.name}: {item.status} → {where}")
         elif not item.written:
             shown = (
                 item.status
