@@ -73,6 +73,9 @@ def started(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A suite started in the background (`make test &`) hands its children SIGINT
+        # ignored, and Python keeps it so: the client must hear Ctrl-C as a terminal sends it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
@@ -179,6 +182,14 @@ def test_a_saved_login_that_others_can_read_is_refused(tmp_path, monkeypatch):
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert config.load() == config.Login("http://127.0.0.1:8000", "secret")
+
+    # LINGOLOOP_URL naming another server: the saved token is not sent there.
+    monkeypatch.setenv("LINGOLOOP_URL", "https://elsewhere.example.com")
+    with pytest.raises(config.ConfigError, match="Not logged in"):
+        config.load()
+    monkeypatch.setenv("LINGOLOOP_URL", "127.0.0.1:8000")
+    assert config.load().token == "secret"
+    monkeypatch.delenv("LINGOLOOP_URL")
 
     path.chmod(0o644)
     with pytest.raises(config.ConfigError, match="chmod 600"):
@@ -338,7 +349,7 @@ class CuttingProxy:
 def test_a_cut_stream_is_resumed_without_losing_or_repeating_a_segment(service: Service, tmp_path):
     service.start_web(**ASYNC_ONLY)
     proxy = CuttingProxy(int(service.web_url.rsplit(":", 1)[1]))
-    run = service.submit(long_speech(tmp_path / "lecture.wav", repeats=12))
+    run = service.submit(long_speech(tmp_path / "lecture.wav", repeats=8))
     # Decoded window after window (not batched): segments arrive over many seconds.
     service.worker(WHISPER_BATCH_SIZE="0")
     api = Api(proxy.url, service.account.token)

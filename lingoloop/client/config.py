@@ -59,11 +59,13 @@ def server_url(raw: str) -> str:
 
 
 def load() -> Login:
-    """The login to use: the environment's, else the saved one (the environment's URL or
-    token alone overrides that part of it)."""
+    """The login to use: the environment's, else the saved one (the environment's token alone
+    overrides the saved token; its URL alone only takes the saved token to that same server)."""
     url, token = os.environ.get("LINGOLOOP_URL"), os.environ.get("LINGOLOOP_TOKEN")
     if not (url and token):
         saved = _read_saved()
+        if saved and url and server_url(url) != saved.url:
+            saved = None  # the saved token is for another server: never sent to this one
         url = url or (saved.url if saved else None)
         token = token or (saved.token if saved else None)
     if not url or not token:
