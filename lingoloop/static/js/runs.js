@@ -69,7 +69,17 @@
     tr.dataset.status = run.status;
     LL.setBadge(tr.querySelector(".badge"), run.status);
     tr.querySelector(".run-detail").textContent = LL.runDetail(run);
+    lastSeen[run.runId] = run;
   }
+
+  // A worker started or stopped: the waiting rows say so (and promise a time, or none).
+  var lastSeen = {};
+  LL.onWorkersChange(function () {
+    Object.keys(lastSeen).forEach(function (runId) {
+      var tr = rowFor(runId);
+      if (tr && !LL.isFinished(tr.dataset.status)) tr.querySelector(".run-detail").textContent = LL.runDetail(lastSeen[runId]);
+    });
+  });
 
   // Rows the snapshot calls active are live; an active row it leaves out finished while the
   // page was not listening: ask for its state, unless an event tells it first.

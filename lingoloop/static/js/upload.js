@@ -211,6 +211,7 @@
 
   function show(item, run) {
     if (LL.isFinished(item.state)) return; // finished is final here; the run page offers retry
+    item.run = run;
     if (run.status === "queued") {
       setState(item, "queued", LL.runDetail(run));
       announce(item, "Queued");
@@ -287,6 +288,13 @@
     });
     if (!busy && events) { events.close(); events = null; }
   }
+
+  // A worker started or stopped: the waiting lines say so (and promise a time, or none).
+  LL.onWorkersChange(function () {
+    items.forEach(function (item) {
+      if (item.run && (item.state === "queued" || item.state === "processing")) show(item, item.run);
+    });
+  });
 
   // --- Cancel -------------------------------------------------------------------------------
 

@@ -1,0 +1,111 @@
+"""The upload page, the runs page and what every page shares (the top bar, the no-worker
+banner), in Chromium on real web and worker processes (tests/browser.py).
+
+Runs that a test needs finished are seeded before the browser starts (no ORM once it runs).
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.utils import timezone
+
+from tests.browser import (
+    requires_chromium,
+    upload_item,
+)
+from tests.conftest import JFK
+from transcription.models import Audio, RunMode, RunStatus, TranscriptRun
+
+pytestmark = [requires_chromium, pytest.mark.slow]
+
+
+def seed(
+    service: Any,
+    *,
+    filename: str = "jfk.flac",
+    status: str = RunStatus.SUCCEEDED,
+    text: str = "And so my fellow Americans, ask not what your country can do for you.",
+) -> str:
+    """A finished run as a worker leaves it, 11 s of audio transcribed in 2 s."""
+    uploads = service.processes.data_dir / "uploads"
+    uploads.mkdir(exist_ok=True)
+    stored_name = uuid.uuid4().hex
+    shutil.copy(JFK, uploads / stored_name)
+    audio = Audio.objects.create(
+        owner=service.account.user,
+        stored_name=stored_name,
+        original_filename=filename,
+        content_type="audio/flac",
+        size_bytes=JFK.stat().st_size,
+        duration_ms=11000,
+        sha256=uuid.uuid4().hex * 2,
+    )
+    finished = timezone.now()
+    succeeded = status == RunStatus.SUCCEEDED
+    run = TranscriptRun.objects.create(
+        owner=service.account.user,
+        audio=audio,
+        status=status,
+        mode=RunMode.ASYNC,
+        model="tiny.en",
+        progress=100.0 if succeeded else 0.0,
+        text=text if succeeded else "",
+        segments=[{"id": 0, "start": 0.0, "end": 11.0, "text": text}] if succeeded else [],
+        started_at=finished - timedelta(seconds=2),
+        finished_at=finished,
+        error_code="undecodable" if status == RunStatus.FAILED else "",
+        error_message="The audio could not be decoded." if status == RunStatus.FAILED else "",
+    )
+    return str(run.pk)
+
+
+# --- No worker, no promises -------------------------------------------------------------------
+
+
+@pytest.fixture
+def recent_run(service) -> str:  # type: ignore[no-untyped-def]
+    """A run finished lately: the server knows a speed, so it could (wrongly) promise a time."""
+    return seed(service)
+
+
+def test_without_a_live_worker_every_page_says_so_and_promises_no_time(recent_run, ui):
+    from playwright.sync_api import expect
+
+    page = ui.page
+    ui.login()
+    banner = page.locator("#worker-banner")
+    expect(banner).to_be_visible()
+    expect(banner).to_contain_text("No worker is running")
+    expect(banner).to_contain_text("Ask an administrator")
+
+    page.set_input_files("#files", str(JFK))
+    page.get_by_role("button", name="Transcribe").click()
+    item = upload_item(ui, "jfk.flac")
+    expect(item.locator(".badge")).to_have_text("Queued", timeout=30_000)
+    expect(item.locator(".upload-detail")).to_contain_text("1st in line")
+    expect(item.locator(".upload-detail")).to_contain_text("no worker is running")
+    expect(item.locator(".upload-detail")).not_to_contain_text("done in")
+    run_id = item.get_by_role("link").get_attribute("href").split("/")[2]
+    # The server promises nothing either.
+    assert ui.service.api("GET", f"/api/runs/{run_id}").json()["estimatedTimeRemaining"] is None
+    ui.shot("no-worker")
+
+    page.goto(ui.url("/runs/"))
+    expect(page.locator("#worker-banner")).to_be_visible()
+    row = page.locator(f'tr[data-run-id="{run_id}"]')
+    expect(row.locator(".badge")).to_have_text("Queued")
+    expect(row.locator(".run-detail")).not_to_contain_text("done in")
+    ui.mark_page()
+
+    ui.service.worker()
+
+    # The next poll of /api/health (every 10 s) takes the banner away, without a reload.
+    expect(page.locator("#worker-banner")).to_be_hidden(timeout=30_000)
+    expect(row.locator(".badge")).to_have_text("Done", timeout=120_000)
+    ui.assert_not_reloaded()
+    ui.assert_no_console_errors()
