@@ -105,12 +105,28 @@
     if (item.el.state.textContent !== text) item.el.state.textContent = text;
   }
 
+  // Two phases, two lanes in one bar: the upload lane fills, stays full, then the
+  // transcription lane fills. Neither ever moves back, and a finished run's bar is full.
+  // The progress bar's value (for assistive technology) is the current phase's.
   function showBar(item, phase, value) {
     var bar = item.el.bar;
+    var p = Math.max(0, Math.min(100, Number(value) || 0));
     bar.hidden = false;
     bar.dataset.phase = phase;
     bar.setAttribute("aria-label", (phase === "upload" ? "Upload of " : "Transcription of ") + item.file.name);
-    LL.setBar(bar, value);
+    bar.setAttribute("aria-valuenow", String(Math.round(p * 10) / 10));
+    bar.setAttribute("aria-valuetext", (phase === "upload" ? "uploaded " : "transcribed ") + LL.percent(p) + " %");
+    var upload = bar.querySelector(".bar-lane-upload .bar-fill");
+    var transcribe = bar.querySelector(".bar-lane-transcribe .bar-fill");
+    item.shown = item.shown || { upload: 0, transcribe: 0 };
+    if (phase === "upload") {
+      item.shown.upload = Math.max(item.shown.upload, p);
+    } else {
+      item.shown.upload = 100;
+      item.shown.transcribe = Math.max(item.shown.transcribe, p);
+    }
+    upload.style.width = item.shown.upload + "%";
+    transcribe.style.width = item.shown.transcribe + "%";
   }
 
   function fail(item, message) {
