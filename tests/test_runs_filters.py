@@ -246,3 +246,17 @@ def test_the_page_forms_need_the_csrf_token(alice, library):
 def test_nothing_selected_says_so(alice, library):
     response = web(alice).post("/runs/delete", {"confirmed": "1"}, follow=True)
     assert "No runs were selected" in response.content.decode()
+
+
+# --- Small things -----------------------------------------------------------------------------
+
+
+def test_favicon_ico_is_the_svg_icon_and_cacheable(client):
+    from django.conf import settings
+
+    response = client.get("/favicon.ico")
+    assert response.status_code == 301
+    assert response["Location"].startswith(settings.STATIC_URL)
+    assert response["Location"].split("?")[0].endswith(".svg")
+    assert "max-age=86400" in response["Cache-Control"]
+    assert "public" in response["Cache-Control"]

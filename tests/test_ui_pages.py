@@ -7,6 +7,7 @@ Runs that a test needs finished are seeded before the browser starts (no ORM onc
 from __future__ import annotations
 
 import itertools
+import re
 import shutil
 import uuid
 from datetime import timedelta
@@ -16,7 +17,11 @@ import pytest
 from django.utils import timezone
 
 from tests.browser import (
+    UI,
+    assert_accessible,
+    no_horizontal_scroll,
     requires_chromium,
+    tab_to,
     upload_item,
 )
 from tests.conftest import JFK
@@ -186,4 +191,231 @@ def test_the_upload_bar_never_runs_backwards_and_the_preview_shows_three_whole_l
     assert abs(box["inner"] - 3 * box["lineHeight"]) <= 2, box
     assert box["lines"][3] >= box["clipBottom"] - 1, f"part of a 4th line shows: {box}"
     ui.shot("preview-narrow")
+    ui.assert_no_console_errors()
+
+
+# --- The runs page: find, filter, retry, delete -------------------------------------------------
+
+
+@pytest.fixture
+def library(service) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    return {
+        "speech": seed(service, filename="speech.flac"),
+        "interview": seed(
+            service, filename="interview.flac", text="The budget for next year is approved."
+        ),
+        "lecture": seed(service, filename="lecture.flac", status=RunStatus.FAILED),
+        "notes": seed(service, filename="notes.flac", status=RunStatus.CANCELLED),
+    }
+
+
+def rows(ui: UI) -> list[str]:
+    return list(ui.page.locator("tr[data-run-id] .cell-file a").all_text_contents())
+
+
+def test_runs_page_filters_searches_retries_and_deletes_and_keeps_to_its_filter(library, ui):
+    from playwright.sync_api import expect
+
+    page = ui.page
+    worker = ui.service.worker()  # for the README's picture: a service at work, no banner
+    ui.login()
+    ui.follow(page.get_by_role("link", name="Runs", exact=True), "/runs/")
+    expect(page.locator("tr[data-run-id]")).to_have_count(4)
+    expect(page.locator("#worker-banner")).to_be_hidden()
+    page.get_by_role("checkbox", name="Select speech.flac").check()
+    ui.shot("runs", docs="runs-page.png")
+    assert_accessible(ui)
+    page.get_by_role("checkbox", name="Select speech.flac").uncheck()
+    ui.service.processes.stop(worker)  # what is queued from here on stays queued
+
+    # Search the transcripts: a GET form, so the URL says what is shown.
+    page.get_by_label("Search").fill("budget")
+    page.get_by_label("Search").press("Enter")
+    page.wait_for_url("**/runs/?q=budget&status=")
+    assert rows(ui) == ["interview.flac"]
+    page.get_by_role("link", name="Clear").click()
+    page.get_by_label("Status").select_option("failed")
+    ui.follow(page.get_by_role("button", name="Apply"), "/runs/?q=&status=failed")
+    assert rows(ui) == ["lecture.flac"]
+    ui.mark_page()
+
+    # A new run does not match "failed": the live list leaves it out.
+    new = ui.service.submit(JFK)
+    page.wait_for_timeout(2000)
+    assert ui.service.api("POST", f"/api/runs/{new['runId']}/cancel").status_code == 200
+    page.wait_for_timeout(1500)
+    assert rows(ui) == ["lecture.flac"]
+
+    # Retry from its row (through the API, without a reload).
+    page.get_by_role("button", name="Retry lecture.flac").click()
+    lecture = page.locator(f'tr[data-run-id="{library["lecture"]}"]')
+    expect(lecture.locator(".badge")).to_have_text("Queued")
+    expect(page.get_by_role("button", name="Retry lecture.flac")).to_be_hidden()
+    ui.assert_not_reloaded()
+    assert ui.service.api("GET", f"/api/runs/{library['lecture']}").json()["status"] == "queued"
+
+    # Delete one, after a confirmation: dismissed, nothing happens; accepted, it is gone.
+    page.goto(ui.url("/runs/"))
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    page.get_by_role("button", name="Delete notes.flac").click()
+    page.wait_for_timeout(300)
+    assert "notes.flac" in rows(ui)
+    page.once("dialog", lambda dialog: dialog.accept())
+    ui.follow(page.get_by_role("button", name="Delete notes.flac"), "/runs/")
+    expect(page.get_by_text("Deleted 1 run: notes.flac.")).to_be_visible()
+    assert "notes.flac" not in rows(ui)
+
+    # Bulk delete: the queued one is skipped, and the page says why.
+    for name in ("speech.flac", "interview.flac", "lecture.flac"):
+        page.get_by_role("checkbox", name=f"Select {name}").check()
+    messages: list[str] = []
+
+    def accept(dialog: Any) -> None:
+        messages.append(dialog.message)
+        dialog.accept()
+
+    page.once("dialog", accept)
+    ui.follow(page.get_by_role("button", name="Delete selected"), "/runs/")
+    assert messages == [
+        "Delete these 3 runs? Their transcripts are deleted and cannot be recovered."
+    ]
+    expect(page.get_by_text("Deleted 2 runs: interview.flac, speech.flac.")).to_be_visible()
+    expect(
+        page.get_by_text("Skipped 1 run: lecture.flac (still queued: cancel it first).")
+    ).to_be_visible()
+    assert sorted(rows(ui)) == ["jfk.flac", "lecture.flac"]
+    ui.shot("runs-after-delete")
+    assert_accessible(ui)
+    ui.assert_no_console_errors()
+
+
+# --- Narrow windows, the language field -----------------------------------------------------
+
+
+def test_at_390_px_every_nav_link_is_visible_and_clickable_without_scrolling_sideways(ui):
+    page = ui.page
+    page.set_viewport_size({"width": 390, "height": 800})
+    ui.login()
+    links = page.get_by_role("navigation", name="Main").get_by_role("link")
+    names = links.all_text_contents()
+    assert names == ["Transcribe", "Runs", "API token", "API docs"]
+    assert no_horizontal_scroll(ui)
+    for name in names:
+        link = page.get_by_role("navigation", name="Main").get_by_role("link", name=name)
+        box = link.bounding_box()
+        assert box and box["x"] >= 0 and box["x"] + box["width"] <= 390, (name, box)
+        # Nothing covers it: the point a tap lands on is the link.
+        assert link.evaluate(
+            """a => { const r = a.getBoundingClientRect();
+                const hit = document.elementFromPoint(r.x + r.width / 2, r.y + r.height / 2);
+                return a.contains(hit); }"""
+        ), name
+    ui.shot("nav-narrow")
+    for name, path in (("Runs", "/runs/"), ("API token", "/accounts/token/"), ("Transcribe", "/")):
+        ui.follow(page.get_by_role("navigation", name="Main").get_by_role("link", name=name), path)
+        assert no_horizontal_scroll(ui), path
+    ui.assert_no_console_errors()
+
+
+def test_the_language_placeholder_is_a_hint_not_a_value(ui):
+    page = ui.page
+    ui.login()
+    language = page.get_by_label("Language")
+    for model in page.locator("#model option").all_text_contents():
+        page.locator("#model").select_option(model)
+        placeholder = language.get_attribute("placeholder") or ""
+        assert placeholder and not re.fullmatch(r"[a-z]{2,3}(-[A-Za-z]+)?", placeholder), model
+        assert " " in placeholder or "-" in placeholder, placeholder  # words, not a code
+    style = language.evaluate(
+        """i => { const p = getComputedStyle(i, "::placeholder");
+            return {hint: p.color, text: getComputedStyle(i).color, italic: p.fontStyle}; }"""
+    )
+    assert style["hint"] != style["text"] and style["italic"] == "italic", style
+
+
+# --- Accessibility and the keyboard ---------------------------------------------------------
+
+
+def test_the_pages_pass_the_accessibility_check_in_their_main_states(ui):
+    from playwright.sync_api import expect
+
+    page = ui.page
+    page.goto(ui.url("/accounts/login/"))
+    assert_accessible(ui)
+    page.get_by_label("Username").fill("alice")
+    page.get_by_label("Password").fill("wrong")
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("alert")).to_be_visible()
+    assert_accessible(ui)
+
+    ui.login()
+    expect(page.locator("#worker-banner")).to_be_visible()  # no worker: the banner too
+    assert_accessible(ui)
+    page.set_input_files("#files", str(JFK))
+    expect(upload_item(ui, "jfk.flac").locator(".badge")).to_have_text("Ready")
+    assert_accessible(ui)
+    page.get_by_role("button", name="Transcribe").click()
+    expect(upload_item(ui, "jfk.flac").locator(".badge")).to_have_text("Queued", timeout=30_000)
+    assert_accessible(ui)
+
+    page.goto(ui.url("/runs/"))
+    expect(page.locator("tr[data-run-id]")).to_have_count(1)
+    assert_accessible(ui)
+    page.goto(ui.url("/runs/?q=nothing-matches"))
+    expect(page.get_by_text("No runs match.")).to_be_visible()
+    assert_accessible(ui)
+    page.goto(ui.url("/accounts/token/"))
+    assert_accessible(ui)
+    ui.assert_no_console_errors()
+
+
+def focus_is_visible(ui: UI, selector: str) -> bool:
+    """The focused element (or the drop zone around the hidden file input) shows a focus ring."""
+    return bool(
+        ui.page.evaluate(
+            """s => { const el = document.querySelector(s);
+                const style = getComputedStyle(el);
+                return style.boxShadow !== "none" || (style.outlineStyle !== "none"
+                    && parseFloat(style.outlineWidth) > 0); }""",
+            selector,
+        )
+    )
+
+
+def test_upload_cancel_and_open_the_transcript_with_the_keyboard_alone(ui):
+    from playwright.sync_api import expect
+
+    page = ui.page
+    ui.login()
+    tab_to(ui, "#files")
+    assert focus_is_visible(ui, "#dropzone")
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Space")
+    chooser.value.set_files(str(JFK))
+    item = upload_item(ui, "jfk.flac")
+    expect(item.locator(".badge")).to_have_text("Ready")
+
+    tab_to(ui, "#start")
+    assert focus_is_visible(ui, "#start")
+    page.keyboard.press("Enter")
+    expect(item.locator(".badge")).to_have_text("Queued", timeout=30_000)
+
+    tab_to(ui, "li.upload .upload-cancel")
+    assert focus_is_visible(ui, "li.upload .upload-cancel")
+    page.keyboard.press("Enter")
+    expect(item.locator(".badge")).to_have_text("Cancelled")
+
+    tab_to(ui, "li.upload .upload-link a")
+    assert focus_is_visible(ui, "li.upload .upload-link a")
+    href = item.locator(".upload-link a").get_attribute("href")
+    page.keyboard.press("Enter")
+    page.wait_for_url(ui.url(href))
+    expect(page.locator("#run-badge")).to_have_text("Cancelled")
+
+    # And on the runs page: the row's link opens with Enter too.
+    page.goto(ui.url("/runs/"))
+    tab_to(ui, "tr[data-run-id] .cell-file a")
+    assert focus_is_visible(ui, "tr[data-run-id] .cell-file a")
+    page.keyboard.press("Enter")
+    page.wait_for_url(ui.url(href))
     ui.assert_no_console_errors()

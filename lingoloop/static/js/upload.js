@@ -35,7 +35,8 @@
     document.getElementById("model-hint").textContent = englishOnly
       ? "English only: it transcribes English and does not translate."
       : "Larger models are more accurate and slower.";
-    languageInput.placeholder = englishOnly ? "en" : "Detect automatically";
+    // A hint, never something that looks like a value (a code such as "en").
+    languageInput.placeholder = englishOnly ? "English (this model's only language)" : "Auto-detect";
   }
   modelSelect.addEventListener("change", syncModelOptions);
   syncModelOptions();
@@ -209,12 +210,19 @@
     window.setTimeout(sendNext, 0);
   }
 
+  // The link's accessible name begins with its visible text (WCAG 2.5.3) and names the file.
+  function setLink(item, text, label) {
+    var link = item.el.link.querySelector("a");
+    link.textContent = text;
+    link.setAttribute("aria-label", label + item.file.name);
+  }
+
   function accepted(item, run) {
     item.runId = run.runId;
     byRun[run.runId] = item;
     var link = item.el.link.querySelector("a");
     link.href = "/runs/" + run.runId + "/";
-    link.setAttribute("aria-label", "Open the transcript of " + item.file.name);
+    setLink(item, "Open the transcript", "Open the transcript of ");
     item.el.link.hidden = false;
     show(item, run);
     // Events that arrived before the answer did are newer than nothing; the last one wins.
@@ -257,7 +265,7 @@
       var text = (run.text || "").trim();
       item.el.text.textContent = text || "No speech was found in this recording.";
       item.el.text.hidden = false;
-      item.el.link.querySelector("a").textContent = "Open transcript";
+      setLink(item, "Open the transcript", "Open the transcript of ");
     } else {
       item.el.bar.hidden = true;
       announce(item, run.status === "failed" ? "Failed" : "Cancelled");
@@ -265,7 +273,7 @@
         item.el.error.textContent = (run.error && run.error.message) || "The transcription failed.";
         item.el.error.hidden = false;
       }
-      item.el.link.querySelector("a").textContent = "Details";
+      setLink(item, "Details", "Details of ");
     }
     closeStreamIfIdle();
   }
