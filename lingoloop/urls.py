@@ -11,7 +11,6 @@ from transcription.urls import api_urls, web_urls
 from webhooks.urls import api_urls as webhook_api_urls
 
 
-
 def favicon(request: HttpRequest) -> HttpResponsePermanentRedirect:
     """Browsers and feed readers ask for /favicon.ico whatever the page says: the SVG icon
     (its static URL changes with its content, so the redirect is kept for a day only)."""
