@@ -130,6 +130,17 @@
     });
   }
 
+  // A run being transcribed means a worker is back: ask now rather than at the next poll
+  // (at most every 2 s), so the banner does not contradict the progress beside it.
+  var lastRecheck = 0;
+  function noticeRun(run) {
+    if (workers !== 0 || !run || run.status !== "processing") return;
+    var now = Date.now();
+    if (now - lastRecheck < 2000) return;
+    lastRecheck = now;
+    checkWorkers();
+  }
+
   function watchWorkers() {
     if (!document.getElementById("worker-banner")) return;
     checkWorkers();
@@ -197,6 +208,7 @@
     function deliver(name, event) {
       if (event.lastEventId) lastId = event.lastEventId;
       var data = parseJson(event.data);
+      if (data !== null) (data.runs || [data]).forEach(noticeRun);
       if (data !== null && handlers[name]) handlers[name](data);
     }
 

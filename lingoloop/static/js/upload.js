@@ -36,7 +36,7 @@
       ? "English only: it transcribes English and does not translate."
       : "Larger models are more accurate and slower.";
     // A hint, never something that looks like a value (a code such as "en").
-    languageInput.placeholder = englishOnly ? "English (this model's only language)" : "Auto-detect";
+    languageInput.placeholder = englishOnly ? "English only" : "Auto-detect";
   }
   modelSelect.addEventListener("change", syncModelOptions);
   syncModelOptions();
