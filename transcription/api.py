@@ -32,6 +32,7 @@ from lingoloop.pagination import BoundedLimitOffsetPagination
 from transcription import services
 from transcription.exports import CONTENT_TYPES, LEVELS, RENDERERS, VERSIONS, render
 from transcription.models import RunStatus, TranscriptRun
+from transcription.queries import filter_runs, valid_status
 from transcription.representations import (
     ProgressSerializer,
     RunPageSerializer,
@@ -207,7 +208,16 @@ class RunListView(APIView):
         operation_id="listRuns",
         tags=["runs"],
         parameters=[
-            OpenApiParameter("status", str, enum=RunStatus.values, description="Only these."),
+            OpenApiParameter(
+                "status", str, enum=RunStatus.values, description="Only runs with this status."
+            ),
+            OpenApiParameter(
+                "q",
+                str,
+                description="Only runs whose file name or transcript contains every word of "
+                "this (case-insensitive; the first 10 words of the first 200 characters). "
+                "The runs page searches the same way.",
+            ),
             OpenApiParameter(
                 "limit",
                 int,
@@ -218,16 +228,18 @@ class RunListView(APIView):
         responses={200: RunPageSerializer, **error_responses(400, 401)},
     )
     def get(self, request: Request) -> Response:
-        runs = runs_visible_to(request).order_by("-created_at")
         wanted = request.query_params.get("status")
-        if wanted:
-            if wanted not in RunStatus.values:
-                raise ApiError(
-                    "invalid_choice",
-                    f"status must be one of {', '.join(RunStatus.values)}.",
-                    field="status",
-                )
-            runs = runs.filter(status=wanted)
+        if wanted and not valid_status(wanted):
+            raise ApiError(
+                "invalid_choice",
+                f"status must be one of {', '.join(RunStatus.values)}.",
+                field="status",
+            )
+        runs = filter_runs(
+            runs_visible_to(request).order_by("-created_at"),
+            status=wanted,
+            q=request.query_params.get("q"),
+        )
         paginator = BoundedLimitOffsetPagination()
         page = paginator.paginate_queryset(runs, request, view=self) or []
         answer = {

@@ -335,7 +335,9 @@ class QueueSnapshot:
         if not places:
             return cls({})
         processes = Worker.objects.alive().aggregate(n=Sum("processes"))["n"]
-        return cls(places, max(1, processes or 1), TranscriptRun.recent_speed())
+        # No live worker: nothing will pick the run up, so there is no time to promise.
+        speed = TranscriptRun.recent_speed() if processes else None
+        return cls(places, max(1, processes or 1), speed)
 
     def position(self, run: TranscriptRun) -> int:
         """1 is next in line; 0 when the run is not waiting in the queue."""
@@ -348,8 +350,8 @@ class QueueSnapshot:
 
     def seconds_until_done(self, run: TranscriptRun) -> int | None:
         """The audio ahead of the run, spread over the live worker processes, and its own,
-        at the speed recent runs went; None while the run is not in line or no run has
-        finished lately."""
+        at the speed recent runs went; None while the run is not in line, no run has
+        finished lately or no worker is alive."""
         place = self.places.get(run.pk)
         if place is None or self.speed is None:
             return None

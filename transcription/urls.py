@@ -24,7 +24,10 @@ api_urls: list[URLPattern | URLResolver] = [
 web_urls = [
     path("", web.upload_page, name="upload"),
     path("runs/", web.runs_page, name="runs-page"),
+    path("runs/delete", web.runs_delete, name="runs-delete"),
     path("runs/<uuid:run_id>/", web.run_page, name="run-page"),
+    path("runs/<uuid:run_id>/retry", web.run_action, {"action": "retry"}, name="run-page-retry"),
+    path("runs/<uuid:run_id>/cancel", web.run_action, {"action": "cancel"}, name="run-page-cancel"),
     path("runs/<uuid:run_id>/audio", web.run_audio, name="run-audio"),
     path("accounts/token/", web.token_page, name="account-token"),
 ]

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, cast
+from urllib.parse import urlencode
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -30,19 +31,33 @@ from django.http import (
     StreamingHttpResponse,
 )
 from django.shortcuts import redirect, render
+from django.template.defaultfilters import pluralize
 from django.urls import reverse
-from django.views.decorators.http import require_http_methods
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_http_methods, require_POST
 from rest_framework.authtoken.models import Token
 
 from lingoloop import eventhub
+from lingoloop.refusals import Refused
+from transcription import services
 from transcription.events import ALL_RUNS_CHANNEL, run_channel, user_channel
 from transcription.exports import RENDERERS
 from transcription.models import RunStatus, TranscriptRun
+from transcription.queries import filter_runs, search_words, valid_status
 from transcription.representations import progress_object
 from transcription.services import SEGMENT_TEXT_MAX_LENGTH
 from webhooks import web as webhooks_web
 
-RUNS_PER_PAGE = 50
+RUNS_PER_PAGE = 25
+STATUS_FILTERS = [
+    ("", "Every status"),
+    (RunStatus.QUEUED, "Queued"),
+    (RunStatus.PROCESSING, "Transcribing"),
+    (RunStatus.SUCCEEDED, "Done"),
+    (RunStatus.FAILED, "Failed"),
+    (RunStatus.CANCELLED, "Cancelled"),
+]
+RUN_ACTIONS = {"retry": services.run_retry, "cancel": services.run_cancel}
 AUDIO_CHUNK_BYTES = 256 * 1024
 
 
@@ -81,6 +96,7 @@ def get_visible_run(request: HttpRequest, run_id: uuid.UUID) -> TranscriptRun:
 class RunRow:
     run: TranscriptRun
     duration: str
+    mine: bool  # only the owner retries, cancels or deletes a run from the page
 
 
 @login_required
@@ -99,21 +115,122 @@ def upload_page(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def runs_page(request: HttpRequest) -> HttpResponse:
+    """The runs, newest first, 25 a page: filtered by status and searched by file name and
+    transcript words (`?status=…&q=…&page=…`, as `GET /api/runs` filters), with retry, cancel
+    and delete for each and bulk delete of the selected. Everything works without scripts."""
     channel = ALL_RUNS_CHANNEL if request.user.is_staff else user_channel(request.user.pk)
     last_event_id = eventhub.current_id(channel)
-    page = Paginator(visible_runs(request).order_by("-created_at"), RUNS_PER_PAGE).get_page(
-        request.GET.get("page")
-    )
+    status = request.GET.get("status", "")
+    status = status if valid_status(status) else ""
+    q = " ".join(search_words(request.GET.get("q")))
+    runs = filter_runs(visible_runs(request).order_by("-created_at"), status=status, q=q)
+    page = Paginator(runs, RUNS_PER_PAGE).get_page(request.GET.get("page"))
+    filters = {key: value for key, value in (("q", q), ("status", status)) if value}
     return render(
         request,
         "transcription/runs.html",
         {
             "page": page,
-            "rows": [RunRow(run, clock(run.audio.duration_ms)) for run in page],
+            "rows": [
+                RunRow(run, clock(run.audio.duration_ms), run.owner_id == request.user.pk)
+                for run in page
+            ],
             "last_event_id": last_event_id,
             "show_owner": request.user.is_staff,
+            "status": status,
+            "q": q,
+            "filtered": bool(filters),
+            "status_filters": STATUS_FILTERS,
+            "filter_query": urlencode(filters),
+            "here": request.get_full_path(),
         },
     )
+
+
+def runs_next(request: HttpRequest) -> str:
+    """Where the form was sent from (the runs page with its filters and page), or the list."""
+    target = request.POST.get("next", "")
+    if target.startswith("/") and url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return target
+    return reverse("runs-page")
+
+
+def back_to_runs(request: HttpRequest) -> HttpResponse:
+    return redirect(runs_next(request))
+
+
+@login_required
+@require_POST
+def run_action(request: HttpRequest, run_id: uuid.UUID, action: str) -> HttpResponse:
+    """Retry or cancel one run from the runs page (its script uses the API instead)."""
+    run = get_visible_run(request, run_id)
+    name = run.audio.original_filename
+    if run.owner_id != request.user.pk:
+        messages.error(request, f"{name} is {run.owner.get_username()}'s run: only they can.")
+        return back_to_runs(request)
+    try:
+        RUN_ACTIONS[action](run=run)
+    except Refused as refusal:
+        messages.error(request, f"{name}: {refusal.message}")
+    else:
+        done = "queued again" if action == "retry" else "cancelled"
+        messages.success(request, f"{name} was {done}.")
+    return back_to_runs(request)
+
+
+@login_required
+@require_POST
+def runs_delete(request: HttpRequest) -> HttpResponse:
+    """Delete the selected runs (or the one whose Delete button was pressed): the caller's
+    own finished runs; every other one is skipped, and the answer says which and why.
+
+    Without `confirmed`, a page asks first (a page's script asks with a dialog instead)."""
+    one = request.POST.get("one")
+    wanted = [one] if one else request.POST.getlist("ids")
+    ids = []
+    for value in wanted:
+        try:
+            ids.append(uuid.UUID(value))
+        except ValueError:
+            continue
+    runs = list(visible_runs(request).filter(pk__in=ids).order_by("-created_at"))
+    if not runs:
+        messages.info(request, "No runs were selected: tick the ones to delete first.")
+        return back_to_runs(request)
+    if not request.POST.get("confirmed"):
+        return render(
+            request,
+            "transcription/runs_delete.html",
+            {"runs": runs, "next": runs_next(request)},
+        )
+    deleted, skipped = [], []
+    for run in runs:
+        name = run.audio.original_filename
+        if run.owner_id != request.user.pk:
+            skipped.append(f"{name} (it is {run.owner.get_username()}'s: only they can delete it)")
+            continue
+        try:
+            services.run_delete(run=run)
+        except Refused:
+            skipped.append(f"{name} (still {run.get_status_display().lower()}: cancel it first)")
+        else:
+            deleted.append(name)
+    missing = len(set(ids)) - len(runs)
+    if deleted:
+        messages.success(
+            request,
+            f"Deleted {len(deleted)} run{pluralize(len(deleted))}: {', '.join(deleted)}.",
+        )
+    if skipped:
+        messages.warning(
+            request,
+            f"Skipped {len(skipped)} run{pluralize(len(skipped))}: {'; '.join(skipped)}.",
+        )
+    if missing > 0:
+        messages.info(request, f"{missing} run{pluralize(missing)} no longer existed.")
+    return back_to_runs(request)
 
 
 @dataclass

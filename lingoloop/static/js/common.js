@@ -1,6 +1,8 @@
 // Small helpers shared by the pages: API calls with the session, formatting, event streams.
 (function () {
   "use strict";
+  // base.html loads this file on every page; a page that names it again gets the same LL.
+  if (window.LL) return;
 
   var STATUS_LABELS = {
     ready: "Ready",
@@ -99,6 +101,53 @@
     return status === "succeeded" || status === "failed" || status === "cancelled";
   }
 
+  // --- Live workers ---------------------------------------------------------------------------
+  // /api/health says how many worker clusters are alive (one cheap query). Asked when a page
+  // opens and every WORKER_POLL_MS while it is visible: the banner in base.html appears when
+  // none is, and goes away when one starts, without a reload. While none is alive no page
+  // promises a time (runDetail), since nothing can pick the job up.
+  var WORKER_POLL_MS = 10000;
+  var workers = null; // null: not known yet (or the server could not say)
+  var workerListeners = [];
+
+  function workersAlive() { return workers; }
+
+  function onWorkersChange(listener) { workerListeners.push(listener); }
+
+  function setWorkers(alive) {
+    if (alive === workers) return;
+    workers = alive;
+    var banner = document.getElementById("worker-banner");
+    if (banner) banner.hidden = workers !== 0;
+    workerListeners.forEach(function (listener) { listener(workers); });
+  }
+
+  function checkWorkers() {
+    if (document.hidden) return;
+    request("GET", "/api/health").then(function (answer) {
+      var alive = answer.body ? answer.body.workersAlive : null;
+      setWorkers(typeof alive === "number" ? alive : null);
+    });
+  }
+
+  // A run being transcribed means a worker is back: ask now rather than at the next poll
+  // (at most every 2 s), so the banner does not contradict the progress beside it.
+  var lastRecheck = 0;
+  function noticeRun(run) {
+    if (workers !== 0 || !run || run.status !== "processing") return;
+    var now = Date.now();
+    if (now - lastRecheck < 2000) return;
+    lastRecheck = now;
+    checkWorkers();
+  }
+
+  function watchWorkers() {
+    if (!document.getElementById("worker-banner")) return;
+    checkWorkers();
+    window.setInterval(checkWorkers, WORKER_POLL_MS);
+    document.addEventListener("visibilitychange", checkWorkers);
+  }
+
   // "Queued · 2nd in line", "45 % · about 12 s left": the line under a run's name.
   function runDetail(run) {
     if (run.status === "queued") {
@@ -106,13 +155,18 @@
         run.jobs[run.jobs.length - 1].lastError;
       var parts = [run.queuePosition > 0 ? ordinal(run.queuePosition) + " in line" : "waiting for a worker"];
       if (waitingForRetry) parts.unshift("An attempt failed; it will be tried again");
+      if (workers === 0) {
+        parts.push("no worker is running");
+        return parts.join(" · ");
+      }
       // For a queued run the estimate covers the wait and its own transcription.
       if (run.estimatedTimeRemaining != null) parts.push("done in " + roughly(run.estimatedTimeRemaining));
       return parts.join(" · ");
     }
     if (run.status === "processing") {
       var parts = [percent(run.progress) + " %"];
-      if (run.estimatedTimeRemaining != null) parts.push(eta(run.estimatedTimeRemaining));
+      if (workers === 0) parts.push("no worker is running");
+      else if (run.estimatedTimeRemaining != null) parts.push(eta(run.estimatedTimeRemaining));
       else if (!run.progress) parts.push("starting");
       return parts.join(" · ");
     }
@@ -154,6 +208,7 @@
     function deliver(name, event) {
       if (event.lastEventId) lastId = event.lastEventId;
       var data = parseJson(event.data);
+      if (data !== null) (data.runs || [data]).forEach(noticeRun);
       if (data !== null && handlers[name]) handlers[name](data);
     }
 
@@ -208,6 +263,8 @@
     errorMessage: errorMessage,
     eta: eta,
     isFinished: isFinished,
+    onWorkersChange: onWorkersChange,
+    workersAlive: workersAlive,
     localTime: localTime,
     localTimes: localTimes,
     parseJson: parseJson,
@@ -220,4 +277,5 @@
     stream: stream
   };
   localTimes(document);
+  watchWorkers();
 })();

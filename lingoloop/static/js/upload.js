@@ -35,7 +35,8 @@
     document.getElementById("model-hint").textContent = englishOnly
       ? "English only: it transcribes English and does not translate."
       : "Larger models are more accurate and slower.";
-    languageInput.placeholder = englishOnly ? "en" : "Detect automatically";
+    // A hint, never something that looks like a value (a code such as "en").
+    languageInput.placeholder = englishOnly ? "English only" : "Auto-detect";
   }
   modelSelect.addEventListener("change", syncModelOptions);
   syncModelOptions();
@@ -105,12 +106,28 @@
     if (item.el.state.textContent !== text) item.el.state.textContent = text;
   }
 
+  // Two phases, two lanes in one bar: the upload lane fills, stays full, then the
+  // transcription lane fills. Neither ever moves back, and a finished run's bar is full.
+  // The progress bar's value (for assistive technology) is the current phase's.
   function showBar(item, phase, value) {
     var bar = item.el.bar;
+    var p = Math.max(0, Math.min(100, Number(value) || 0));
     bar.hidden = false;
     bar.dataset.phase = phase;
     bar.setAttribute("aria-label", (phase === "upload" ? "Upload of " : "Transcription of ") + item.file.name);
-    LL.setBar(bar, value);
+    bar.setAttribute("aria-valuenow", String(Math.round(p * 10) / 10));
+    bar.setAttribute("aria-valuetext", (phase === "upload" ? "uploaded " : "transcribed ") + LL.percent(p) + " %");
+    var upload = bar.querySelector(".bar-lane-upload .bar-fill");
+    var transcribe = bar.querySelector(".bar-lane-transcribe .bar-fill");
+    item.shown = item.shown || { upload: 0, transcribe: 0 };
+    if (phase === "upload") {
+      item.shown.upload = Math.max(item.shown.upload, p);
+    } else {
+      item.shown.upload = 100;
+      item.shown.transcribe = Math.max(item.shown.transcribe, p);
+    }
+    upload.style.width = item.shown.upload + "%";
+    transcribe.style.width = item.shown.transcribe + "%";
   }
 
   function fail(item, message) {
@@ -193,12 +210,19 @@
     window.setTimeout(sendNext, 0);
   }
 
+  // The link's accessible name begins with its visible text (WCAG 2.5.3) and names the file.
+  function setLink(item, text, label) {
+    var link = item.el.link.querySelector("a");
+    link.textContent = text;
+    link.setAttribute("aria-label", label + item.file.name);
+  }
+
   function accepted(item, run) {
     item.runId = run.runId;
     byRun[run.runId] = item;
     var link = item.el.link.querySelector("a");
     link.href = "/runs/" + run.runId + "/";
-    link.setAttribute("aria-label", "Open the transcript of " + item.file.name);
+    setLink(item, "Open the transcript", "Open the transcript of ");
     item.el.link.hidden = false;
     show(item, run);
     // Events that arrived before the answer did are newer than nothing; the last one wins.
@@ -211,6 +235,7 @@
 
   function show(item, run) {
     if (LL.isFinished(item.state)) return; // finished is final here; the run page offers retry
+    item.run = run;
     if (run.status === "queued") {
       setState(item, "queued", LL.runDetail(run));
       announce(item, "Queued");
@@ -240,7 +265,7 @@
       var text = (run.text || "").trim();
       item.el.text.textContent = text || "No speech was found in this recording.";
       item.el.text.hidden = false;
-      item.el.link.querySelector("a").textContent = "Open transcript";
+      setLink(item, "Open the transcript", "Open the transcript of ");
     } else {
       item.el.bar.hidden = true;
       announce(item, run.status === "failed" ? "Failed" : "Cancelled");
@@ -248,7 +273,7 @@
         item.el.error.textContent = (run.error && run.error.message) || "The transcription failed.";
         item.el.error.hidden = false;
       }
-      item.el.link.querySelector("a").textContent = "Details";
+      setLink(item, "Details", "Details of ");
     }
     closeStreamIfIdle();
   }
@@ -287,6 +312,13 @@
     });
     if (!busy && events) { events.close(); events = null; }
   }
+
+  // A worker started or stopped: the waiting lines say so (and promise a time, or none).
+  LL.onWorkersChange(function () {
+    items.forEach(function (item) {
+      if (item.run && (item.state === "queued" || item.state === "processing")) show(item, item.run);
+    });
+  });
 
   // --- Cancel -------------------------------------------------------------------------------
 
