@@ -68,8 +68,12 @@ run: venv
 	$(PY) manage.py serve
 
 # pytest's exit 5 (no test collected) fails too, and says so: a run that tests nothing is no pass.
+# TEST_WORKERS pytest processes share the tests out a file at a time (pytest-xdist); each has its
+# own test database and Redis database (tests/conftest.py). TEST_WORKERS=0: one process, no xdist.
+TEST_WORKERS ?= 2
 test: venv
-	@$(VENV)/bin/pytest $(PYTEST_ARGS); status=$$?; \
+	@$(VENV)/bin/pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile) \
+	  $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest ran no test: check PYTEST_ARGS" >&2; fi; \
 	exit $$status
 
@@ -86,7 +90,7 @@ format: venv
 lock: | $(PY)
 	$(PY) -m pip install --quiet "uv==$(UV_VERSION)"
 	printf '%s\n' 'pip>=25' 'setuptools>=77' | $(VENV)/bin/uv pip compile \
-	  --python $(PY) --universal --python-version 3.11 --extra dev --generate-hashes \
+	  --python $(PY) --universal --python-version 3.11 --all-extras --generate-hashes \
 	  --custom-compile-command "make lock" $(if $(UPGRADE),--upgrade) --quiet \
 	  --output-file $(LOCK) pyproject.toml -
 

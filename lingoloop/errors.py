@@ -50,11 +50,8 @@ class ApiError(Exception):
         status_code = next(
             code for kind, code in REFUSAL_STATUS.items() if isinstance(refusal, kind)
         )
-        headers = (
-            {"Retry-After": str(refusal.retry_after)}
-            if isinstance(refusal, refusals.LimitReached)
-            else {}
-        )
+        retry_after = getattr(refusal, "retry_after", None)  # LimitReached, Unavailable
+        headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
         return cls(
             refusal.code,
             refusal.message,
@@ -76,6 +73,7 @@ REFUSAL_STATUS: dict[type[refusals.Refused], int] = {
     refusals.Unprocessable: status.HTTP_422_UNPROCESSABLE_ENTITY,
     refusals.Conflict: status.HTTP_409_CONFLICT,
     refusals.LimitReached: status.HTTP_429_TOO_MANY_REQUESTS,
+    refusals.Unavailable: status.HTTP_503_SERVICE_UNAVAILABLE,
     refusals.Refused: status.HTTP_400_BAD_REQUEST,  # Invalid, and any kind not named above
 }
 

@@ -38,6 +38,15 @@ class Conflict(Refused):
     """The thing asked for does not fit the current state (cancel a finished run, say)."""
 
 
+class Unavailable(Refused):
+    """Something the service depends on (the audio store, say) cannot be reached now; the
+    same request may succeed later. Nothing was kept of the request."""
+
+    def __init__(self, code: str, message: str, *, retry_after: int = 30) -> None:
+        super().__init__(code, message)
+        self.retry_after = max(1, retry_after)
+
+
 class LimitReached(Refused):
     """A per-user limit; the same request may succeed after `retry_after` seconds."""
 

@@ -434,6 +434,80 @@ PROMETHEUS_MULTIPROC_DIR = Path(
 PROMETHEUS_MULTIPROC_DIR.mkdir(parents=True, exist_ok=True)
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(PROMETHEUS_MULTIPROC_DIR)
 
+# --- Audio storage ------------------------------------------------------------------------
+
+# Where uploads (and the pieces a long recording is cut into) are kept: `local`, the folder
+# UPLOAD_DIR (one machine, or a folder every machine mounts); `s3`, an S3-compatible object
+# store (AWS S3, MinIO, Ceph, R2) that web and worker machines reach on their own. Read and
+# written only through transcription/storage.py; never served by the store except through
+# short-lived signed URLs, to the owner's audio player.
+AUDIO_STORAGE = env_choice("AUDIO_STORAGE", "local", ("local", "s3"))
+# How long a signed URL of an owner's audio stays good (s3 only).
+AUDIO_URL_SECONDS = env_int("AUDIO_URL_SECONDS", 300, minimum=10)
+S3_BUCKET = env_str("S3_BUCKET")
+# Empty for AWS itself; the store's URL for anything else (http://minio.internal:9000).
+S3_ENDPOINT_URL = env_str("S3_ENDPOINT_URL")
+S3_REGION = env_str("S3_REGION", "us-east-1")
+# Object names start with this (one bucket may serve several things).
+S3_PREFIX = env_str("S3_PREFIX", "lingoloop").strip("/")
+# Without these, boto3 finds credentials its own way (AWS_ACCESS_KEY_ID…, an instance role).
+S3_ACCESS_KEY_ID = env_str("S3_ACCESS_KEY_ID")
+S3_SECRET_ACCESS_KEY = env_str("S3_SECRET_ACCESS_KEY")
+# path (bucket in the URL's path: what MinIO and most stores on an endpoint want) or virtual.
+S3_ADDRESSING_STYLE = env_choice(
+    "S3_ADDRESSING_STYLE", "path" if S3_ENDPOINT_URL else "virtual", ("path", "virtual")
+)
+# A store that does not answer within this is down: the request or the attempt fails clearly
+# instead of hanging.
+S3_TIMEOUT_SECONDS = env_int("S3_TIMEOUT_SECONDS", 10, minimum=1)
+
+_audio_storage: dict[str, object] = {"BACKEND": "transcription.storage.UploadFolderStorage"}
+_store_origins: list[str] = []
+if AUDIO_STORAGE == "s3":
+    if not S3_BUCKET:
+        raise ImproperlyConfigured(
+            "AUDIO_STORAGE=s3 needs S3_BUCKET (and S3_ENDPOINT_URL off AWS)."
+        )
+    try:
+        from botocore.config import Config as _BotoConfig
+    except ImportError:
+        raise ImproperlyConfigured(
+            "AUDIO_STORAGE=s3 needs boto3 and django-storages: pip install 'lingoloop[s3]'"
+        ) from None
+    _audio_storage = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": S3_BUCKET,
+            "endpoint_url": S3_ENDPOINT_URL or None,
+            "region_name": S3_REGION,
+            "access_key": S3_ACCESS_KEY_ID or None,
+            "secret_key": S3_SECRET_ACCESS_KEY or None,
+            "location": S3_PREFIX,
+            "addressing_style": S3_ADDRESSING_STYLE,
+            "signature_version": "s3v4",
+            "querystring_auth": True,
+            "querystring_expire": AUDIO_URL_SECONDS,
+            # Names are fresh UUIDs: no HEAD request before each write to avoid a clash.
+            "file_overwrite": True,
+            "default_acl": None,
+            "client_config": _BotoConfig(
+                connect_timeout=S3_TIMEOUT_SECONDS,
+                read_timeout=S3_TIMEOUT_SECONDS,
+                retries={"max_attempts": 2, "mode": "standard"},
+                s3={"addressing_style": S3_ADDRESSING_STYLE},
+            ),
+        },
+    }
+    # The owner's audio player follows a redirect to a signed URL on the store.
+    if S3_ENDPOINT_URL:
+        _endpoint = urlparse(S3_ENDPOINT_URL)
+        _store_origins = [f"{_endpoint.scheme}://{_endpoint.netloc}"]
+        if S3_ADDRESSING_STYLE == "virtual":
+            _store_origins.append(f"{_endpoint.scheme}://*.{_endpoint.netloc}")
+    else:
+        _store_origins = ["https://*.amazonaws.com"]
+
+
 # --- Security headers and login throttling ------------------------------------------------
 
 # One policy for every response: no inline script anywhere, and no inline style but the one
@@ -446,7 +520,7 @@ CONTENT_SECURITY_POLICY = {
         "script-src": ["'self'"],
         "style-src": ["'self'", *_THIRD_PARTY_INLINE_STYLES],
         "img-src": ["'self'", "data:"],
-        "media-src": ["'self'"],
+        "media-src": ["'self'", *_store_origins],
         "connect-src": ["'self'"],
         "font-src": ["'self'"],
         "object-src": ["'none'"],
@@ -491,9 +565,11 @@ AXES_VERBOSE = False
 STATIC_URL = "/static/"
 STATICFILES_DIRS = [PACKAGE_DIR / "static"]
 STATIC_ROOT = DATA_DIR / "staticfiles"
+
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "servestatic.storage.CompressedStaticFilesStorage"},
+    "audio": _audio_storage,
 }
 
 LANGUAGE_CODE = "en-us"

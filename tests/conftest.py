@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlparse
 
 import av
 import httpx
@@ -41,6 +41,25 @@ JFK_REFERENCE = (
     "And so my fellow Americans, ask not what your country can do for you, "
     "ask what you can do for your country."
 )
+
+
+def _own_redis_database() -> None:
+    """Under pytest-xdist each pytest worker has a test database of its own, in which user
+    ids (and so users' event channels) repeat: each gets a Redis database of its own too
+    (REDIS_URL's plus one plus its number), so no worker's listeners hear another's events.
+    The processes tests start inherit it through the environment."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    url = os.environ.get("REDIS_URL")
+    if not (url and worker.startswith("gw")):
+        return
+    parsed = urlparse(url)
+    db = int(parsed.path.lstrip("/") or 0) + 1 + int(worker[2:])
+    os.environ["REDIS_URL"] = settings.REDIS_URL = parsed._replace(path=f"/{db}").geturl()
+    if getattr(settings, "EVENTS_REDIS", None):
+        settings.EVENTS_REDIS = {**settings.EVENTS_REDIS, "db": db}
+
+
+_own_redis_database()
 
 
 def words(text: str) -> list[str]:
@@ -164,6 +183,11 @@ def root(db) -> Account:  # type: ignore[no-untyped-def]
 @pytest.fixture
 def bob(db) -> Account:  # type: ignore[no-untyped-def]
     return make_account("bob")
+
+
+def stored_path(audio: Any) -> Path:
+    """Where the local audio storage keeps an Audio row's file."""
+    return Path(settings.UPLOAD_DIR) / audio.stored_name
 
 
 def stored_files() -> list[Path]:

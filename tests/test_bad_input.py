@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from rest_framework.test import APIClient
 
 from tasks_admin.models import Job
-from tests.conftest import JFK, ROOT, post_audio, stored_files
+from tests.conftest import JFK, ROOT, post_audio, stored_files, stored_path
 from transcription.jobs import purge_expired_audio
 from transcription.models import Audio, RunStatus, TranscriptRun
 
@@ -188,7 +188,7 @@ class TestFileBytes:
 
         run = post(alice.client, wav(1.0), "one.wav").json()
         audio = Audio.objects.get()
-        audio.path.write_bytes(b"RIFF" + os.urandom(4000))
+        stored_path(audio).write_bytes(b"RIFF" + os.urandom(4000))
 
         run_job(str(Job.objects.get().pk))
 
@@ -467,7 +467,9 @@ def age(run: TranscriptRun, *, finished: datetime | None, uploaded: datetime) ->
 
 
 class TestRetention:
-    def test_retention_deletes_exactly_the_expired_files_from_disk(self, alice, settings):
+    def test_retention_deletes_exactly_the_expired_files_from_disk(
+        self, alice, settings, django_capture_on_commit_callbacks
+    ):
         settings.AUDIO_RETENTION_HOURS = 24
         ids = [post(alice.client, wav(1.0), f"{n}.wav").json()["runId"] for n in range(4)]
         old = timezone.now() - timedelta(hours=30)
@@ -477,21 +479,22 @@ class TestRetention:
         age(expired, finished=old, uploaded=old)
         age(finished_lately, finished=recent, uploaded=old)
         age(still_queued, finished=None, uploaded=old)
-        kept = [run.audio.path for run in (finished_lately, still_queued, kept_young)]
-        doomed = expired.audio.path
+        kept = [stored_path(run.audio) for run in (finished_lately, still_queued, kept_young)]
+        doomed = stored_path(expired.audio)
         assert stored_files() == sorted([doomed, *kept])
 
-        assert purge_expired_audio() == 1
+        with django_capture_on_commit_callbacks(execute=True):  # files go once rows commit
+            assert purge_expired_audio() == 1
 
         # On disk: the expired file is gone, and only it.
         assert not doomed.exists()
         assert stored_files() == sorted(kept)
         expired.audio.refresh_from_db()
-        assert expired.audio.purged_at is not None and not expired.audio.path.exists()
+        assert expired.audio.purged_at is not None and not stored_path(expired.audio).exists()
         assert TranscriptRun.objects.get(pk=expired.pk).text == "kept"
         for run in (finished_lately, still_queued, kept_young):
             run.audio.refresh_from_db()
-            assert run.audio.purged_at is None and run.audio.path.exists()
+            assert run.audio.purged_at is None and stored_path(run.audio).exists()
         assert purge_expired_audio() == 0  # nothing twice
         assert stored_files() == sorted(kept)
 

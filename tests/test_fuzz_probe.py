@@ -39,7 +39,7 @@ from hypothesis import strategies as st
 from lingoloop.errors import ApiError
 from lingoloop.refusals import Refused
 from tasks_admin.models import Job
-from tests.conftest import JFK, stored_files
+from tests.conftest import JFK, stored_files, stored_path
 from tests.test_bad_input import assert_refused, png, post
 from transcription import probe
 from transcription.models import Audio, TranscriptRun
@@ -828,11 +828,11 @@ def test_random_uploads_are_stored_whole_or_leave_nothing(alice, real_audio, sou
     assert response.status_code in {202, *CLEAN_REFUSALS}, response.content
     if response.status_code == 202:
         (audio,) = Audio.objects.all()
-        assert stored_files() == [audio.path]
+        assert stored_files() == [stored_path(audio)]
         Job.objects.all().delete()
         TranscriptRun.objects.all().delete()
         Audio.objects.all().delete()
-        audio.path.unlink(missing_ok=True)
+        stored_path(audio).unlink(missing_ok=True)
     else:
         assert set(response.json()["error"]) == {"code", "message", "field"}
     assert_nothing_left()

@@ -7,7 +7,8 @@ class TranscriptionConfig(AppConfig):
 
     def ready(self) -> None:
         # The queue runs jobs by type; this app brings the transcription handlers, and the
-        # outbox sweep every worker cluster's loop runs (tasks_admin never imports us).
+        # outbox sweep and the stored files still to delete, which every worker cluster's loop
+        # runs (tasks_admin never imports us).
         from tasks_admin.handlers import register, register_housekeeping
         from transcription.events import deliver_stranded_events
         from transcription.jobs import (
@@ -18,9 +19,11 @@ class TranscriptionConfig(AppConfig):
             TranscribeHandler,
             retention_is_on,
         )
+        from transcription.storage import delete_pending
 
         register(TranscribeHandler(JOB_TYPE_ASYNC))
         register(TranscribeHandler(JOB_TYPE_SYNC))
         # Periodic only while retention is on: with AUDIO_RETENTION_HOURS=0 it has nothing to do.
         register(PurgeAudioHandler(), every=PURGE_EVERY, when=retention_is_on)
         register_housekeeping(deliver_stranded_events)
+        register_housekeeping(delete_pending)

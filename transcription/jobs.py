@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 from uuid import UUID
 
@@ -27,10 +28,11 @@ from tasks_admin.handlers import (
     Cancelled,
     ClaimLost,
     PermanentError,
+    RetryLater,
     Subject,
 )
 from tasks_admin.models import Job, JobStatus
-from transcription import engine
+from transcription import engine, storage
 from transcription.events import (
     announce_queue_positions,
     publish,
@@ -353,8 +355,12 @@ class TranscribeHandler(BaseJobHandler[Transcribed]):
 
     def run(self, attempt: Attempt) -> Transcribed:
         run = self._run(attempt.job)
-        if run.audio.purged_at is not None or not run.audio.path.exists():
+        if run.audio.purged_at is not None:
             raise PermanentError("audio_missing", "The audio file is no longer stored.")
+        with audio_file(run.audio.stored_name) as path:
+            return self._transcribe(attempt, run, path)
+
+    def _transcribe(self, attempt: Attempt, run: TranscriptRun, path: Path) -> Transcribed:
         options = engine.Options(
             model=run.model,
             language=run.language or None,
@@ -377,7 +383,7 @@ class TranscribeHandler(BaseJobHandler[Transcribed]):
         try:
             with writer.ticking():
                 result = engine.transcribe(
-                    run.audio.path,
+                    path,
                     options,
                     duration_ms=run.audio.duration_ms,
                     max_duration_ms=self.max_duration_ms(),
@@ -519,9 +525,25 @@ def purge_expired_audio(*, heartbeat: Callable[[], None] = lambda: None) -> int:
     purged = 0
     for audio in expired.iterator():
         heartbeat()
-        if Audio.objects.filter(pk=audio.pk, purged_at__isnull=True).update(
-            purged_at=timezone.now()
-        ):
-            audio.delete_file()
-            purged += 1
+        with transaction.atomic():
+            if Audio.objects.filter(pk=audio.pk, purged_at__isnull=True).update(
+                purged_at=timezone.now()
+            ):
+                storage.delete_later([audio.stored_name])
+                purged += 1
     return purged
+
+
+@contextlib.contextmanager
+def audio_file(name: str) -> Iterator[Path]:
+    """A local path of a stored file for the length of an attempt; a store that is down
+    fails the attempt for a retry, a file that is gone fails it for good."""
+    try:
+        with storage.local_file(name) as path:
+            yield path
+    except storage.StoredFileMissing:
+        raise PermanentError("audio_missing", "The audio file is no longer stored.") from None
+    except storage.StorageUnavailable as exc:
+        raise RetryLater(
+            "storage_unavailable", f"the audio store cannot be reached: {exc.detail}"
+        ) from exc

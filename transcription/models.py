@@ -5,7 +5,6 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypedDict
 
 from django.conf import settings
@@ -22,7 +21,8 @@ if TYPE_CHECKING:  # django-stubs-ext is a development dependency
 
 
 class Audio(models.Model):
-    """An uploaded file, stored under a UUID name in UPLOAD_DIR, never served directly."""
+    """An uploaded file, kept under a UUID name in the audio storage (transcription/storage.py),
+    never served directly."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)
@@ -40,13 +40,6 @@ class Audio(models.Model):
 
     def __str__(self) -> str:
         return self.original_filename
-
-    @property
-    def path(self) -> Path:
-        return Path(settings.UPLOAD_DIR) / self.stored_name
-
-    def delete_file(self) -> None:
-        self.path.unlink(missing_ok=True)
 
 
 class RunStatus(models.TextChoices):
@@ -411,3 +404,23 @@ class RunEventOutbox(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event} for run {self.run_id}"
+
+
+class PendingDeletion(models.Model):
+    """A stored file whose rows are gone and which the audio store has still to delete.
+
+    Written in the transaction that deletes the rows, removed once the store confirms; a
+    store that is down then leaves the row for the worker clusters' housekeeping
+    (transcription/storage.py). So a deleted run never leaves an object behind.
+    """
+
+    name = models.CharField(max_length=255, unique=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    attempts = models.PositiveIntegerField(default=0)
+    last_tried_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "stored_file_deletion"
+
+    def __str__(self) -> str:
+        return self.name

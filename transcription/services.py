@@ -40,6 +40,7 @@ from lingoloop.refusals import Conflict, Invalid, LimitReached
 from tasks_admin.models import Job, JobStatus
 from tasks_admin.runner import run_job
 from tasks_admin.services import job_enqueue
+from transcription import storage
 from transcription.events import announce_queue_positions, publish, publish_finished
 from transcription.jobs import JOB_TYPE_ASYNC, JOB_TYPE_SYNC
 from transcription.models import Audio, RunMode, RunStatus, TranscriptRun
@@ -84,11 +85,13 @@ def run_submit(
     # the owner's row locked, in the transaction that creates the run.
     check_user_limits(owner=owner)
 
-    stored = store_upload(upload)
+    spooled = _spool(upload)
     run: TranscriptRun | None = None
+    stored: StoredUpload | None = None
     try:
-        probe = probe_audio(stored.path)
-        with decided_mode(options.mode, stored.size_bytes, probe.duration_ms) as mode:
+        probe = probe_audio(spooled)  # before anything is kept: a refusal stores nothing
+        with decided_mode(options.mode, spooled.stat().st_size, probe.duration_ms) as mode:
+            stored = store_upload(spooled)
             try:
                 run = _create_rows(owner, upload, stored, probe, options, mode, idempotency_key)
             except IntegrityError:
@@ -97,11 +100,14 @@ def run_submit(
                     raise
                 return earlier, False  # two requests with one key raced; the other one won
             if mode == RunMode.SYNC:
-                transcribe_here(run)
+                # The job reads the spooled upload, not a copy fetched back from the store.
+                with storage.known_local_copy(stored.name, stored.local_path):
+                    transcribe_here(run)
         return run, True
     finally:
-        if run is None:  # refused, or it lost the race: no row refers to the file
-            stored.path.unlink(missing_ok=True)
+        if run is None and stored is not None:  # refused, or it lost the race
+            storage.delete_later([stored.name])
+        spooled.unlink(missing_ok=True)  # on a local folder it was moved already
 
 
 def _run_for_key(owner: User, idempotency_key: str) -> TranscriptRun | None:
@@ -166,26 +172,25 @@ def _create_rows(
 
 @dataclass(frozen=True)
 class StoredUpload:
-    """An upload moved under its own UUID name in UPLOAD_DIR, measured as stored."""
+    """An upload kept in the audio storage under its own UUID name, measured as received."""
 
     name: str
-    path: Path
     size_bytes: int
     sha256: str
+    # Where its bytes are on this machine until the request ends: the stored file itself on
+    # a local folder, the spooled upload otherwise.
+    local_path: Path
 
 
-def store_upload(upload: UploadedFile) -> StoredUpload:
-    spooled = _spool(upload)
-    try:
-        name = uuid.uuid4().hex
-        path = Path(settings.UPLOAD_DIR) / name
-        stored = StoredUpload(name, path, spooled.stat().st_size, _sha256(spooled))
-        os.replace(spooled, path)
-    except BaseException:
-        spooled.unlink(missing_ok=True)
-        raise
-    metrics.upload_stored(stored.size_bytes)
-    return stored
+def store_upload(spooled: Path) -> StoredUpload:
+    """Keep the spooled upload in the audio storage. Raises StorageUnavailable (503) when the
+    store cannot take it, having kept nothing."""
+    name = uuid.uuid4().hex
+    size_bytes, sha256 = spooled.stat().st_size, _sha256(spooled)
+    storage.store_file(name, spooled)
+    local_path = spooled if spooled.exists() else Path(storage.audio_storage().path(name))
+    metrics.upload_stored(size_bytes)
+    return StoredUpload(name, size_bytes, sha256, local_path)
 
 
 # Characters that must never reach a display name: control, format (bidi overrides, zero
@@ -412,7 +417,7 @@ def run_delete(*, run: TranscriptRun) -> None:
         run.delete()
         if not audio.runs.exists():
             audio.delete()
-            transaction.on_commit(audio.delete_file)
+            storage.delete_later([audio.stored_name])
 
 
 # --- Corrections of a finished transcript ----------------------------------------------------

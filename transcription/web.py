@@ -11,6 +11,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlencode
 
@@ -28,6 +29,7 @@ from django.http import (
     HttpResponse,
     HttpResponseBase,
     HttpResponseNotFound,
+    HttpResponseRedirect,
     StreamingHttpResponse,
 )
 from django.shortcuts import redirect, render
@@ -39,7 +41,7 @@ from rest_framework.authtoken.models import Token
 
 from lingoloop import eventhub
 from lingoloop.refusals import Refused
-from transcription import services
+from transcription import services, storage
 from transcription.events import ALL_RUNS_CHANNEL, run_channel, user_channel
 from transcription.exports import RENDERERS
 from transcription.models import RunStatus, TranscriptRun
@@ -338,12 +340,22 @@ def run_audio(request: HttpRequest, run_id: uuid.UUID) -> HttpResponseBase:
             "The audio of this run was deleted by the retention policy; the transcript remains.",
             content_type="text/plain; charset=utf-8",
         )
-    if not audio.path.exists():
-        return HttpResponseNotFound(
-            "The audio file of this run is missing from storage.",
-            content_type="text/plain; charset=utf-8",
-        )
-    size = audio.path.stat().st_size
+    missing = HttpResponseNotFound(
+        "The audio file of this run is missing from storage.",
+        content_type="text/plain; charset=utf-8",
+    )
+    try:
+        signed = storage.signed_url(audio.stored_name, content_type=audio.content_type)
+        if signed is not None:  # an object store serves it itself, for a few minutes
+            response: HttpResponseBase = HttpResponseRedirect(signed)
+            response["Cache-Control"] = "private, no-store"
+            return response
+        path = Path(storage.audio_storage().path(audio.stored_name))
+        if not path.is_file():
+            return missing
+    except storage.StorageUnavailable as exc:
+        return HttpResponse(exc.message, status=503, content_type="text/plain; charset=utf-8")
+    size = path.stat().st_size
     try:
         wanted = byte_range(request.headers.get("Range", ""), size)
     except ValueError:
@@ -352,7 +364,7 @@ def run_audio(request: HttpRequest, run_id: uuid.UUID) -> HttpResponseBase:
         return refusal
     start, end = wanted if wanted is not None else (0, size - 1)
     response = StreamingHttpResponse(
-        _file_chunks(str(audio.path), start, end - start + 1),
+        _file_chunks(str(path), start, end - start + 1),
         status=206 if wanted is not None else 200,
         content_type=audio.content_type or "application/octet-stream",
     )
