@@ -19,6 +19,7 @@ from urllib.parse import unquote, urlparse
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from lingoloop import object_store
 from lingoloop.env import (
     env_bool,
     env_choice,
@@ -468,45 +469,19 @@ if AUDIO_STORAGE == "s3":
         raise ImproperlyConfigured(
             "AUDIO_STORAGE=s3 needs S3_BUCKET (and S3_ENDPOINT_URL off AWS)."
         )
-    try:
-        from botocore.config import Config as _BotoConfig
-    except ImportError:
-        raise ImproperlyConfigured(
-            "AUDIO_STORAGE=s3 needs boto3 and django-storages: pip install 'lingoloop[s3]'"
-        ) from None
-    _audio_storage = {
-        "BACKEND": "storages.backends.s3.S3Storage",
-        "OPTIONS": {
-            "bucket_name": S3_BUCKET,
-            "endpoint_url": S3_ENDPOINT_URL or None,
-            "region_name": S3_REGION,
-            "access_key": S3_ACCESS_KEY_ID or None,
-            "secret_key": S3_SECRET_ACCESS_KEY or None,
-            "location": S3_PREFIX,
-            "addressing_style": S3_ADDRESSING_STYLE,
-            "signature_version": "s3v4",
-            "querystring_auth": True,
-            "querystring_expire": AUDIO_URL_SECONDS,
-            # Names are fresh UUIDs: no HEAD request before each write to avoid a clash.
-            "file_overwrite": True,
-            "default_acl": None,
-            "client_config": _BotoConfig(
-                connect_timeout=S3_TIMEOUT_SECONDS,
-                read_timeout=S3_TIMEOUT_SECONDS,
-                retries={"max_attempts": 2, "mode": "standard"},
-                s3={"addressing_style": S3_ADDRESSING_STYLE},
-            ),
-        },
-    }
+    _audio_storage = object_store.s3_storage(
+        bucket=S3_BUCKET,
+        endpoint_url=S3_ENDPOINT_URL,
+        region=S3_REGION,
+        prefix=S3_PREFIX,
+        access_key=S3_ACCESS_KEY_ID,
+        secret_key=S3_SECRET_ACCESS_KEY,
+        addressing_style=S3_ADDRESSING_STYLE,
+        url_seconds=AUDIO_URL_SECONDS,
+        timeout_seconds=S3_TIMEOUT_SECONDS,
+    )
     # The owner's audio player follows a redirect to a signed URL on the store.
-    if S3_ENDPOINT_URL:
-        _endpoint = urlparse(S3_ENDPOINT_URL)
-        _store_origins = [f"{_endpoint.scheme}://{_endpoint.netloc}"]
-        if S3_ADDRESSING_STYLE == "virtual":
-            _store_origins.append(f"{_endpoint.scheme}://*.{_endpoint.netloc}")
-    else:
-        _store_origins = ["https://*.amazonaws.com"]
-
+    _store_origins = object_store.origins(S3_ENDPOINT_URL, S3_ADDRESSING_STYLE)
 
 # --- Security headers and login throttling ------------------------------------------------
 

@@ -31,8 +31,8 @@ from rest_framework.test import APIClient
 from tests.sseclient import EventStream
 from transcription.models import TranscriptRun
 
-# The browser tests' fixtures (`ui` and what it needs), for every test module.
-pytest_plugins = ["tests.browser"]
+# The browser tests' fixtures (`ui` and what it needs) and the local S3 store (`s3_store`).
+pytest_plugins = ["tests.browser", "tests.s3server"]
 
 ROOT = Path(__file__).resolve().parent.parent
 # A copy of ../shared/audio/jfk.flac (public domain), tracked so the suite runs anywhere.
