@@ -111,6 +111,22 @@ def test_deleting_a_run_deletes_its_object(alice, s3_store, django_capture_on_co
     assert not PendingDeletion.objects.exists()
 
 
+def test_a_user_deleted_with_everything_they_own_leaves_no_object(
+    alice, s3_store, django_capture_on_commit_callbacks
+):
+    """Not only the API's delete: any way an Audio row goes (here the cascade of a user
+    deleted in the admin) takes its file."""
+    for _ in range(2):
+        queued_run(alice.client)
+    assert len(s3_store.objects()) == 2
+
+    with django_capture_on_commit_callbacks(execute=True):
+        alice.user.delete()  # type: ignore[attr-defined]
+
+    assert s3_store.objects() == []
+    assert not PendingDeletion.objects.exists()
+
+
 def test_a_delete_while_the_store_is_away_is_finished_once_it_is_back(
     alice, s3_store, django_capture_on_commit_callbacks
 ):

@@ -416,8 +416,7 @@ def run_delete(*, run: TranscriptRun) -> None:
     with transaction.atomic():
         run.delete()
         if not audio.runs.exists():
-            audio.delete()
-            storage.delete_later([audio.stored_name])
+            audio.delete()  # and its file, after the commit (storage.stored_row_deleted)
 
 
 # --- Corrections of a finished transcript ----------------------------------------------------

@@ -239,6 +239,12 @@ def delete_later(names: Iterable[str]) -> None:
     transaction.on_commit(lambda: _delete_now(names))
 
 
+def stored_row_deleted(sender: type, instance: Any, **kwargs: Any) -> None:
+    """post_delete of a row that names a stored file (Audio): however the row goes (the API,
+    a user deleted with everything they own), its file goes after the commit."""
+    delete_later([instance.stored_name])
+
+
 def _delete_now(names: list[str]) -> int:
     """Delete the files and their PendingDeletion rows; a file the store refuses keeps its
     row. Returns how many went."""
