@@ -443,8 +443,9 @@ os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(PROMETHEUS_MULTIPROC_DIR)
 # written only through transcription/storage.py; never served by the store except through
 # short-lived signed URLs, to the owner's audio player.
 AUDIO_STORAGE = env_choice("AUDIO_STORAGE", "local", ("local", "s3"))
-# How long a signed URL of an owner's audio stays good (s3 only).
-AUDIO_URL_SECONDS = env_int("AUDIO_URL_SECONDS", 300, minimum=10)
+# How long a signed URL of an owner's audio stays good (s3 only). 0: no signed URLs, the web
+# process streams the audio from the store (for a store that browsers cannot reach).
+AUDIO_URL_SECONDS = env_int("AUDIO_URL_SECONDS", 300, minimum=0)
 S3_BUCKET = env_str("S3_BUCKET")
 # Empty for AWS itself; the store's URL for anything else (http://minio.internal:9000).
 S3_ENDPOINT_URL = env_str("S3_ENDPOINT_URL")
@@ -481,7 +482,8 @@ if AUDIO_STORAGE == "s3":
         timeout_seconds=S3_TIMEOUT_SECONDS,
     )
     # The owner's audio player follows a redirect to a signed URL on the store.
-    _store_origins = object_store.origins(S3_ENDPOINT_URL, S3_ADDRESSING_STYLE)
+    if AUDIO_URL_SECONDS > 0:
+        _store_origins = object_store.origins(S3_ENDPOINT_URL, S3_ADDRESSING_STYLE)
 
 # --- Security headers and login throttling ------------------------------------------------
 

@@ -191,6 +191,29 @@ def test_the_owners_player_is_sent_to_a_short_lived_signed_url(alice, bob, s3_st
     assert stranger.get(f"/runs/{run['runId']}/audio").status_code == 404
 
 
+@pytest.mark.filterwarnings("ignore:StreamingHttpResponse must consume:Warning")
+def test_without_signed_urls_the_web_process_streams_the_audio_with_byte_ranges(
+    alice, s3_store, settings
+):
+    """AUDIO_URL_SECONDS=0: for a store that browsers cannot reach."""
+    settings.AUDIO_URL_SECONDS = 0
+    run = queued_run(alice.client)
+    owner = Client()
+    owner.force_login(alice.user)  # type: ignore[arg-type]
+    whole = JFK.read_bytes()
+
+    full = owner.get(f"/runs/{run['runId']}/audio")
+    part = owner.get(f"/runs/{run['runId']}/audio", headers={"Range": "bytes=100-1099"})
+
+    assert full.status_code == 200 and b"".join(full) == whole
+    assert part.status_code == 206 and b"".join(part) == whole[100:1100]
+    assert part["Content-Range"] == f"bytes 100-1099/{len(whole)}"
+    with s3_store.away():
+        assert owner.get(f"/runs/{run['runId']}/audio").status_code == 503
+    s3_store.client().delete_object(Bucket=s3_store.bucket, Key=s3_store.objects()[0])
+    assert owner.get(f"/runs/{run['runId']}/audio").status_code == 404
+
+
 def test_the_pages_allow_media_from_the_store_and_nothing_else_new():
     """The Content-Security-Policy of a server on S3 lets the player follow the redirect."""
     code = (
