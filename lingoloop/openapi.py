@@ -51,6 +51,7 @@ _ERROR_DESCRIPTIONS = {
     415: "The body's media type is not accepted.",
     422: "The audio cannot be used: no audio stream, no length, too long or undecodable.",
     429: "Too many requests: see `Retry-After`.",
+    503: "A service it needs (the audio store) cannot be reached now: see `Retry-After`.",
 }
 
 

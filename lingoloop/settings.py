@@ -256,6 +256,10 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "lingoloop.errors.api_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # Views that opt in with a throttle_scope, counted per user in each process's cache.
+    "DEFAULT_THROTTLE_RATES": {
+        "detect-language": f"{env_int('DETECTIONS_PER_MINUTE', 30, minimum=1)}/min",
+    },
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "LingoLoop API",
@@ -331,13 +335,18 @@ FILE_UPLOAD_PERMISSIONS = 0o600
 DATA_UPLOAD_MAX_NUMBER_FIELDS = 100
 FORMS_URLFIELD_ASSUME_HTTPS = True
 
+# The models a request may choose: by default every one this server has (the bundled tiny.en,
+# base when its packages are installed, registered folders: transcription/catalogue.py); a
+# list narrows it, and may name models the hub resolves. WHISPER_MODEL: the default.
 WHISPER_MODEL = env_str("WHISPER_MODEL", "tiny.en")
-WHISPER_MODELS_ALLOWED = env_list("WHISPER_MODELS_ALLOWED", [WHISPER_MODEL])
-if WHISPER_MODEL not in WHISPER_MODELS_ALLOWED:
+WHISPER_MODELS_ALLOWED = env_list("WHISPER_MODELS_ALLOWED", [])
+if WHISPER_MODELS_ALLOWED and WHISPER_MODEL not in WHISPER_MODELS_ALLOWED:
     raise ImproperlyConfigured(
         f"WHISPER_MODEL={WHISPER_MODEL!r} must be one of WHISPER_MODELS_ALLOWED "
         f"({', '.join(WHISPER_MODELS_ALLOWED)})"
     )
+# A worker process keeps at most this many models loaded; the least recently used goes.
+WHISPER_MODELS_LOADED = env_int("WHISPER_MODELS_LOADED", 2, minimum=1)
 WHISPER_DEVICE = env_choice("WHISPER_DEVICE", "auto", ("auto", "cpu", "cuda"))
 WHISPER_COMPUTE_TYPE = env_str("WHISPER_COMPUTE_TYPE", "int8")
 WHISPER_CPU_THREADS = env_int("WHISPER_CPU_THREADS", 2, minimum=0)

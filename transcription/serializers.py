@@ -12,6 +12,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from transcription import catalogue
 from transcription.callbacks import UnsafeDestination, check_callback_url
 from transcription.languages import LANGUAGE_CODES
 from transcription.models import Task
@@ -35,6 +36,30 @@ def validate_destination(url: str) -> str:
     return url
 
 
+# faster-whisper puts the hotwords before the audio's own text in the decoder's prompt, whose
+# room is half the model's context (224 tokens): a bounded phrase, not a dictionary.
+HOTWORDS_MAX_LENGTH = 300
+
+
+def validate_model_name(value: str) -> str:
+    if catalogue.get(value) is None:
+        raise serializers.ValidationError(
+            f"Model {value!r} is not offered here; choose one of "
+            f"{', '.join(catalogue.names())} (GET /api/models).",
+            code="unknown_model",
+        )
+    return value
+
+
+def _multilingual_names() -> str:
+    found = [model.name for model in catalogue.available() if model.multilingual]
+    return ", ".join(found) or "none is installed here"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
 class SubmitSerializer(serializers.Serializer):
     file = serializers.FileField(allow_empty_file=True, use_url=False)
     language = serializers.CharField(required=False, allow_blank=True, max_length=16, default="")
@@ -46,6 +71,9 @@ class SubmitSerializer(serializers.Serializer):
     initialPrompt = serializers.CharField(
         required=False, allow_blank=True, max_length=1000, default=""
     )
+    hotwords = serializers.CharField(
+        required=False, allow_blank=True, max_length=HOTWORDS_MAX_LENGTH, default=""
+    )
     priority = serializers.IntegerField(required=False, default=0)
     mode = serializers.ChoiceField(choices=["auto", "sync", "async"], default="auto")
     # Checked by hand (validate_callbackUrl): where it points first, then its form.
@@ -54,16 +82,12 @@ class SubmitSerializer(serializers.Serializer):
     )
 
     def validate_model(self, value: str) -> str:
-        if value not in settings.WHISPER_MODELS_ALLOWED:
-            raise serializers.ValidationError(
-                f"Model {value!r} is not offered here; choose one of "
-                f"{', '.join(settings.WHISPER_MODELS_ALLOWED)}.",
-                code="unknown_model",
-            )
-        return value
+        return validate_model_name(value)
 
     def validate_language(self, value: str) -> str:
         value = value.strip().lower()
+        if value == "auto":  # as the OpenAI-style clients say "detect it"
+            return ""
         if value and value not in LANGUAGE_CODES:
             raise serializers.ValidationError(
                 f"{value!r} is not a language code Whisper knows (e.g. en, de, fr).",
@@ -84,18 +108,24 @@ class SubmitSerializer(serializers.Serializer):
         return validate_destination(value) if value else value
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        model = attrs.get("model") or settings.WHISPER_MODEL
-        attrs["model"] = model
-        if model.endswith(".en"):
+        model = catalogue.get(attrs.get("model") or settings.WHISPER_MODEL)
+        assert model is not None  # validate_model checked a given one; the default is offered
+        attrs["model"] = model.name
+        if not model.multilingual:
             if attrs["language"] not in ("", "en"):
                 raise serializers.ValidationError(
-                    {"language": f"Model {model} only knows English."}, code="unknown_language"
+                    {"language": f"Model {model.name} only knows English."},
+                    code="unknown_language",
                 )
             if attrs["task"] == "translate":
                 raise serializers.ValidationError(
-                    {"task": f"Model {model} is English-only and cannot translate."},
+                    {
+                        "task": f"Model {model.name} is English-only and cannot translate; "
+                        f"choose a multilingual one ({_multilingual_names()})."
+                    },
                     code="unsupported_task",
                 )
+        attrs["hotwords"] = _one_line(attrs["hotwords"])
         return attrs
 
     def options(self) -> RunOptions:
@@ -108,6 +138,7 @@ class SubmitSerializer(serializers.Serializer):
             vad_filter=data["vadFilter"],
             beam_size=data["beamSize"],
             initial_prompt=data["initialPrompt"],
+            hotwords=data["hotwords"],
             priority=data["priority"],
             callback_url=data["callbackUrl"],
             mode=data["mode"],
@@ -123,18 +154,23 @@ class SubmitRequestSerializer(SubmitSerializer):
     """The multipart upload of `POST /api/transcribe`, with the limits the API enforces."""
 
     file = UploadField(help_text="The audio; what it is is read from its bytes.")
-    # A ChoiceField here, for the enum in the schema; SubmitSerializer checks the same list.
-    model = serializers.ChoiceField(  # type: ignore[assignment]
-        choices=settings.WHISPER_MODELS_ALLOWED,
+    model = serializers.CharField(
         required=False,
-        help_text=f"Default: {settings.WHISPER_MODEL}.",
+        max_length=200,
+        help_text=f"One of GET /api/models. Default: {settings.WHISPER_MODEL}.",
     )
     language = serializers.CharField(
         required=False,
         allow_blank=True,
         max_length=16,
-        help_text="A Whisper language code (en, de, fr…); empty: detect it. English-only "
-        "models (`*.en`) take only `en`.",
+        help_text="A Whisper language code (en, de, fr…); empty or `auto`: detect it. "
+        "English-only models (`tiny.en`) take only `en`.",
+    )
+    hotwords = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        max_length=HOTWORDS_MAX_LENGTH,
+        help_text="Words to favour (names, jargon), as faster-whisper's `hotwords`.",
     )
     task = serializers.ChoiceField(
         choices=Task.choices,
@@ -158,6 +194,17 @@ class SubmitRequestSerializer(SubmitSerializer):
     )
     callbackUrl = serializers.URLField(
         required=False, allow_blank=True, max_length=2000, help_text="An http(s) URL."
+    )
+
+
+class DetectLanguageRequestSerializer(serializers.Serializer):
+    """The multipart upload of `POST /api/detect-language`."""
+
+    file = UploadField(help_text="The audio; only its first 30 seconds are listened to.")
+    model = serializers.CharField(
+        required=False,
+        max_length=200,
+        help_text="A multilingual model of GET /api/models; default: the first one offered.",
     )
 
 

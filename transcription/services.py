@@ -58,6 +58,7 @@ class RunOptions:
     vad_filter: bool = False
     beam_size: int = 5
     initial_prompt: str = ""
+    hotwords: str = ""
     priority: int = 0
     callback_url: str = ""
     mode: str = "auto"  # auto | sync | async
@@ -85,7 +86,7 @@ def run_submit(
     # the owner's row locked, in the transaction that creates the run.
     check_user_limits(owner=owner)
 
-    spooled = _spool(upload)
+    spooled = spool_upload(upload)
     run: TranscriptRun | None = None
     stored: StoredUpload | None = None
     try:
@@ -149,6 +150,7 @@ def _create_rows(
             vad_filter=options.vad_filter,
             beam_size=options.beam_size,
             initial_prompt=options.initial_prompt,
+            hotwords=options.hotwords,
             priority=options.priority,
             callback_url=options.callback_url,
             idempotency_key=idempotency_key or None,
@@ -213,7 +215,7 @@ def sanitize_filename(name: str) -> str:
     return name or "audio"
 
 
-def _spool(upload: UploadedFile) -> Path:
+def spool_upload(upload: UploadedFile) -> Path:
     """The upload as a file on disk: Django's temporary file, or a copy made chunk by chunk."""
     temporary_path = getattr(upload, "temporary_file_path", None)
     if temporary_path is not None:
@@ -281,6 +283,11 @@ def _sync_allowed(requested: str, size_bytes: int, duration_ms: int) -> bool:
             field="mode",
         )
     return within
+
+
+def sync_capacity() -> tuple[threading.BoundedSemaphore, ThreadPoolExecutor]:
+    """This process's sync slots and the threads that hold them."""
+    return _sync_capacity(settings.TRANSCRIBE_SYNC_CONCURRENCY)
 
 
 @functools.cache

@@ -40,7 +40,7 @@ from rest_framework.authtoken.models import Token
 
 from lingoloop import eventhub
 from lingoloop.refusals import Refused
-from transcription import services, storage
+from transcription import catalogue, languages, services, storage
 from transcription.events import ALL_RUNS_CHANNEL, run_channel, user_channel
 from transcription.exports import RENDERERS
 from transcription.models import RunStatus, TranscriptRun
@@ -106,8 +106,9 @@ def upload_page(request: HttpRequest) -> HttpResponse:
         request,
         "transcription/upload.html",
         {
-            "models": settings.WHISPER_MODELS_ALLOWED,
+            "models": catalogue.available(),
             "default_model": settings.WHISPER_MODEL,
+            "languages": languages.by_name(),
             "max_upload_bytes": settings.MAX_UPLOAD_BYTES,
             "max_upload_size": size_label(settings.MAX_UPLOAD_BYTES),
         },

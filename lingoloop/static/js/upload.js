@@ -15,7 +15,7 @@
   var startHint = document.getElementById("start-hint");
   var modelSelect = document.getElementById("model");
   var taskSelect = document.getElementById("task");
-  var languageInput = document.getElementById("language");
+  var languageSelect = document.getElementById("language");
   var maxBytes = Number(form.dataset.maxBytes) || Infinity;
 
   var items = [];          // every file on the page, in the order added
@@ -26,24 +26,27 @@
 
   // --- Options ------------------------------------------------------------------------------
 
-  // English-only models (*.en) cannot translate, nor take another language.
+  // English-only models cannot translate, nor take another language than English.
   function syncModelOptions() {
-    var englishOnly = /\.en$/.test(modelSelect.value);
+    var chosen = modelSelect.options[modelSelect.selectedIndex];
+    var englishOnly = !chosen || chosen.dataset.multilingual !== "true";
     var translate = taskSelect.querySelector("option[value=translate]");
     translate.disabled = englishOnly;
     if (englishOnly && taskSelect.value === "translate") taskSelect.value = "transcribe";
+    Array.prototype.forEach.call(languageSelect.options, function (option) {
+      option.disabled = englishOnly && option.value !== "" && option.value !== "en";
+    });
+    if (languageSelect.options[languageSelect.selectedIndex].disabled) languageSelect.value = "";
     document.getElementById("model-hint").textContent = englishOnly
       ? "English only: it transcribes English and does not translate."
-      : "Larger models are more accurate and slower.";
-    // A hint, never something that looks like a value (a code such as "en").
-    languageInput.placeholder = englishOnly ? "English only" : "Auto-detect";
+      : "Many languages; it can translate them into English.";
   }
   modelSelect.addEventListener("change", syncModelOptions);
   syncModelOptions();
 
   function currentOptions() {
     var data = {};
-    data.language = languageInput.value.trim();
+    data.language = languageSelect.value;
     data.model = modelSelect.value;
     data.task = taskSelect.value;
     data.wordTimestamps = document.getElementById("word-timestamps").checked ? "true" : "false";

