@@ -107,7 +107,7 @@ def run_submit(
         return run, True
     finally:
         if run is None and stored is not None:  # refused, or it lost the race
-            storage.delete_later([stored.name])
+            storage.discard(stored.name)
         spooled.unlink(missing_ok=True)  # on a local folder it was moved already
 
 

@@ -263,6 +263,20 @@ def delete_later(names: Iterable[str]) -> None:
     transaction.on_commit(lambda: _delete_now(names))
 
 
+def discard(name: str) -> None:
+    """Delete a stored file that no row names (an upload refused after it was kept): now,
+    or, when the store refuses, later by the housekeeping."""
+    try:
+        with _store_errors("delete", name):
+            audio_storage().delete(name)
+    except StoredFileMissing:
+        pass
+    except StorageUnavailable:
+        PendingDeletion.objects.get_or_create(
+            name=name, defaults={"attempts": 1, "last_tried_at": timezone.now()}
+        )
+
+
 def stored_row_deleted(sender: type, instance: Any, **kwargs: Any) -> None:
     """post_delete of a row that names a stored file (Audio): however the row goes (the API,
     a user deleted with everything they own), its file goes after the commit."""
