@@ -52,6 +52,7 @@ from transcription.representations import (
 )
 from transcription.serializers import (
     DetectLanguageRequestSerializer,
+    DetectLanguageSerializer,
     SegmentCorrectionSerializer,
     SubmitRequestSerializer,
     SubmitSerializer,
@@ -176,7 +177,7 @@ class DetectLanguageView(APIView):
         for the queue (a worker need not be running)."""
         if len(request.FILES.getlist("file")) > 1:
             raise ApiError("too_many_files", "Send one file per request.", field="file")
-        serializer = DetectLanguageRequestSerializer(data=request.data)
+        serializer = DetectLanguageSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         detection = detect_language(
             upload=serializer.validated_data["file"],

@@ -119,9 +119,10 @@ def _registered() -> list[ModelInfo]:
     ]
 
 
-def available() -> list[ModelInfo]:
-    """Every model a request may choose here, the default first."""
-    known = {model.name: model for model in [*_builtin(), *_registered()]}
+def available(*, registered: bool = True) -> list[ModelInfo]:
+    """Every model a request may choose here, the default first; without `registered`, not
+    those of the table (no database read: the API document is made without one)."""
+    known = {model.name: model for model in [*_builtin(), *(_registered() if registered else [])]}
     allowed = settings.WHISPER_MODELS_ALLOWED
     if allowed:
         models = [
@@ -146,8 +147,8 @@ def get(name: str) -> ModelInfo | None:
     return next((model for model in available() if model.name == name), None)
 
 
-def names() -> list[str]:
-    return [model.name for model in available()]
+def names(*, registered: bool = True) -> list[str]:
+    return [model.name for model in available(registered=registered)]
 
 
 # --- Where a model's files are -------------------------------------------------------------

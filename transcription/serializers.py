@@ -154,11 +154,17 @@ class SubmitRequestSerializer(SubmitSerializer):
     """The multipart upload of `POST /api/transcribe`, with the limits the API enforces."""
 
     file = UploadField(help_text="The audio; what it is is read from its bytes.")
-    model = serializers.CharField(
+    model = serializers.ChoiceField(  # type: ignore[assignment]
+        choices=[],  # the bundled ones offered when the document is made (__init__)
         required=False,
-        max_length=200,
-        help_text=f"One of GET /api/models. Default: {settings.WHISPER_MODEL}.",
+        help_text="One of GET /api/models (registered models too, which this list leaves out). "
+        f"Default: {settings.WHISPER_MODEL}.",
     )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["model"].choices = catalogue.names(registered=False)  # type: ignore[attr-defined]
+
     language = serializers.CharField(
         required=False,
         allow_blank=True,
@@ -197,15 +203,29 @@ class SubmitRequestSerializer(SubmitSerializer):
     )
 
 
-class DetectLanguageRequestSerializer(serializers.Serializer):
-    """The multipart upload of `POST /api/detect-language`."""
+class DetectLanguageSerializer(serializers.Serializer):
+    """What `POST /api/detect-language` reads; the model is checked by the detection, which
+    says why one cannot be used."""
+
+    file = serializers.FileField(allow_empty_file=True, use_url=False)
+    model = serializers.CharField(required=False, max_length=200)
+
+
+class DetectLanguageRequestSerializer(DetectLanguageSerializer):
+    """The multipart upload of `POST /api/detect-language`, as the API documents it."""
 
     file = UploadField(help_text="The audio; only its first 30 seconds are listened to.")
-    model = serializers.CharField(
+    model = serializers.ChoiceField(  # type: ignore[assignment]
+        choices=[],  # the bundled multilingual models offered (__init__)
         required=False,
-        max_length=200,
         help_text="A multilingual model of GET /api/models; default: the first one offered.",
     )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["model"].choices = [  # type: ignore[attr-defined]
+            model.name for model in catalogue.available(registered=False) if model.multilingual
+        ]
 
 
 class TextField(serializers.CharField):

@@ -1,0 +1,325 @@
+"""Models as a choice: the bundled English-only tiny.en, the multilingual base assembled from
+its two packages and verified, folders an operator registers; language detection, at once or
+within a run; translation only where a model can; hotwords.
+
+Real weights and real speech throughout: the reference recording, and German spoken by
+Debian's espeak-ng (its German voice is one `base` understands; its French one it does not).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.core.management import CommandError, call_command
+
+from tasks_admin.models import Job
+from tests.conftest import JFK, post_audio, queued_run, words
+from transcription import catalogue, engine
+from transcription.models import Audio, TranscriptRun, WhisperModelEntry
+
+pytestmark = pytest.mark.django_db
+
+REFERENCE = "and so my fellow americans ask not what your country can do for you"
+GERMAN = "Guten Morgen. Heute ist das Wetter in Berlin sehr schön, und wir gehen in den Park."
+
+
+@pytest.fixture(scope="session")
+def base_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The base model assembled once for the whole session (145 MB), as a server does on its
+    first use of it."""
+    if not catalogue.base_installed():
+        pytest.skip("the base model's packages are not installed (the `base` extra)")
+    folder = tmp_path_factory.mktemp("models") / "base"
+    catalogue._assemble_base(folder)
+    return folder
+
+
+@pytest.fixture
+def base(base_folder: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setattr(catalogue, "base_folder", lambda: base_folder)
+    return base_folder
+
+
+@pytest.fixture(scope="session")
+def german(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
+    path = tmp_path_factory.mktemp("speech") / "guten-morgen.wav"
+    subprocess.run(["espeak-ng", "-v", "de", "-w", str(path), GERMAN], check=True, timeout=60)
+    return path
+
+
+def model_entry(answer: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(model for model in answer["models"] if model["name"] == name)
+
+
+# --- What is offered ------------------------------------------------------------------------
+
+
+def test_the_models_list_says_what_each_model_knows(alice, base):
+    answer = alice.client.get("/api/models").json()
+
+    assert answer["default"] == "tiny.en"
+    assert answer["models"][0]["name"] == "tiny.en"  # the default first
+    tiny = model_entry(answer, "tiny.en")
+    assert tiny["default"] is True and tiny["multilingual"] is False
+    assert tiny["languages"] == ["en"] and tiny["translates"] is False
+    assert tiny["source"] == "bundled" and tiny["sizeBytes"] > 30_000_000
+    multilingual = model_entry(answer, "base")
+    assert multilingual["default"] is False and multilingual["multilingual"] is True
+    assert multilingual["translates"] is True and len(multilingual["languages"]) == 100
+    assert "de" in multilingual["languages"] and multilingual["sizeBytes"] == 145_217_532
+
+
+def test_the_models_list_needs_a_login(client):
+    assert client.get("/api/models").status_code == 401
+
+
+def test_a_model_the_server_does_not_offer_is_refused_naming_those_it_does(alice):
+    response = post_audio(alice.client, JFK, model="large-v9", mode="async")
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["field"] == "model" and error["code"] == "unknown_model"
+    assert "tiny.en" in error["message"] and "base" in error["message"]
+    assert not Audio.objects.exists()
+
+
+def test_whisper_models_allowed_narrows_the_list(alice, settings):
+    settings.WHISPER_MODELS_ALLOWED = ["tiny.en"]
+
+    answer = alice.client.get("/api/models").json()
+
+    assert [model["name"] for model in answer["models"]] == ["tiny.en"]
+    assert post_audio(alice.client, JFK, model="base", mode="async").status_code == 400
+
+
+# --- The base model: assembled once, verified before it is loaded ---------------------------
+
+
+def test_base_is_assembled_into_the_data_dir_on_first_use_and_only_then(settings):
+    if not catalogue.base_installed():
+        pytest.skip("the base model's packages are not installed (the `base` extra)")
+    folder = catalogue.assembled_base()
+
+    assert folder == Path(settings.DATA_DIR) / "models" / "base"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "config.json",
+        "model.bin",
+        "tokenizer.json",
+        "vocabulary.txt",
+    ]
+    assembled_at = (folder / "model.bin").stat().st_mtime_ns
+    assert catalogue.assembled_base() == folder
+    assert (folder / "model.bin").stat().st_mtime_ns == assembled_at  # not again
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_damaged_base_model_is_refused_with_a_clear_error_and_the_run_fails_for_good(
+    alice, base_folder, tmp_path, monkeypatch, settings
+):
+    damaged = tmp_path / "base"
+    shutil.copytree(base_folder, damaged)
+    with (damaged / "model.bin").open("r+b") as handle:  # one byte flipped, size unchanged
+        handle.seek(70_000_000)
+        byte = handle.read(1)
+        handle.seek(70_000_000)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    monkeypatch.setattr(catalogue, "base_folder", lambda: damaged)
+    monkeypatch.delitem(engine._models, "base", raising=False)
+
+    with pytest.raises(catalogue.ModelDamaged, match="SHA-256") as refused:
+        catalogue.assembled_base()
+    assert f"Delete {damaged}" in str(refused.value)
+
+    settings.TASKS_INLINE_PROCESSING = True  # the attempt runs here, in the request
+    response = post_audio(alice.client, JFK, model="base")
+    run = TranscriptRun.objects.get()
+    assert run.status == "failed" and run.error_code == "model_damaged"
+    assert "damaged" in run.error_message and str(damaged) not in run.error_message
+    assert response.json()["error"]["code"] == "model_damaged"
+    assert Job.objects.get().status == "failed"  # not retried: no retry mends a checksum
+
+
+def test_a_truncated_base_model_is_refused_too(base_folder, tmp_path, monkeypatch):
+    damaged = tmp_path / "base"
+    shutil.copytree(base_folder, damaged)
+    with (damaged / "model.bin").open("r+b") as handle:
+        handle.truncate(1_000_000)
+    monkeypatch.setattr(catalogue, "base_folder", lambda: damaged)
+
+    with pytest.raises(catalogue.ModelDamaged, match="1000000 bytes, not 145217532"):
+        catalogue.assembled_base()
+
+
+# --- Transcribing and detecting with base ---------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)  # the sync job runs on a connection of its own
+def test_base_transcribes_the_reference_word_for_word_and_detects_english(alice, base):
+    response = post_audio(alice.client, JFK, model="base", mode="sync")
+
+    assert response.status_code == 201, response.content
+    run = response.json()
+    assert REFERENCE in " ".join(words(run["text"]))
+    assert run["language"] == "en" and run["languageProbability"] > 0.8
+    assert run["options"]["model"] == "base" and run["options"]["language"] is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_german_speech_is_detected_as_german_and_transcribed_in_german(alice, base, german):
+    response = post_audio(alice.client, german, model="base", language="auto", mode="sync")
+
+    assert response.status_code == 201, response.content
+    run = response.json()
+    assert run["language"] == "de" and run["languageProbability"] > 0.5
+    heard = set(words(run["text"]))
+    assert {"guten", "morgen", "berlin", "park"} <= heard, run["text"]
+    srt = alice.client.get(f"/api/runs/{run['runId']}/transcript?format=json").json()
+    assert srt["language"] == "de"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_translate_turns_german_into_english_with_a_multilingual_model(alice, base, german):
+    response = post_audio(alice.client, german, model="base", task="translate", mode="sync")
+
+    assert response.status_code == 201, response.content
+    heard = set(words(response.json()["text"]))
+    assert {"good", "morning"} <= heard, response.json()["text"]
+
+
+def test_translate_with_an_english_only_model_is_a_clear_400(alice, base):
+    response = post_audio(alice.client, JFK, model="tiny.en", task="translate", mode="async")
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["field"] == "task" and error["code"] == "unsupported_task"
+    assert "English-only" in error["message"] and "base" in error["message"]
+    assert not Audio.objects.exists()
+
+
+def test_detect_language_answers_at_once_without_a_run_a_job_or_a_worker(
+    alice, base, german, settings
+):
+    response = alice.client.post("/api/detect-language", {"file": german.open("rb")})
+
+    assert response.status_code == 200, response.content
+    answer = response.json()
+    assert answer["model"] == "base" and answer["language"] == "de"
+    assert 0.5 < answer["probability"] <= 1
+    assert len(answer["languages"]) == 5 and answer["languages"][0]["language"] == "de"
+    probabilities = [guess["probability"] for guess in answer["languages"]]
+    assert probabilities == sorted(probabilities, reverse=True)
+    assert 0 < answer["analysedSeconds"] <= 30
+    assert not Audio.objects.exists() and not TranscriptRun.objects.exists()
+    assert not Job.objects.exists()
+    assert list(Path(settings.UPLOAD_TEMP_DIR).iterdir()) == []
+    assert list(Path(settings.UPLOAD_DIR).iterdir()) == []
+
+
+def test_detect_language_refuses_what_it_cannot_answer(alice, base):
+    not_audio = alice.client.post(
+        "/api/detect-language",
+        {"file": SimpleUploadedFile("notes.wav", b"plain text, not audio" * 50)},
+    )
+    english_only = alice.client.post(
+        "/api/detect-language", {"file": JFK.open("rb"), "model": "tiny.en"}
+    )
+    no_file = alice.client.post("/api/detect-language", {})
+
+    assert not_audio.status_code == 415
+    assert english_only.status_code == 400
+    assert english_only.json()["error"]["code"] == "unsupported_model"
+    assert no_file.status_code == 400 and no_file.json()["error"]["field"] == "file"
+
+
+def test_detect_language_without_a_multilingual_model_says_so(alice, settings):
+    settings.WHISPER_MODELS_ALLOWED = ["tiny.en"]
+
+    response = alice.client.post("/api/detect-language", {"file": JFK.open("rb")})
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "no_multilingual_model"
+
+
+# --- Hotwords, registered folders, how many stay loaded ------------------------------------
+
+
+def test_hotwords_reach_the_engine_and_are_bounded(alice, monkeypatch):
+    run = queued_run(alice.client, hotwords="  Kennedy   Americans ")
+    assert run["options"]["hotwords"] == "Kennedy Americans"
+    assert TranscriptRun.objects.get(pk=run["runId"]).hotwords == "Kennedy Americans"
+
+    too_long = post_audio(alice.client, JFK, hotwords="x" * 301, mode="async")
+    assert too_long.status_code == 400 and too_long.json()["error"]["field"] == "hotwords"
+
+    seen: dict[str, Any] = {}
+
+    def segments_of(model, audio, options, *rest):  # type: ignore[no-untyped-def]
+        seen["hotwords"] = options.hotwords
+        raise engine.EngineError("stop", "stop", permanent=True)
+
+    monkeypatch.setattr(engine, "_window_segments", segments_of)
+    with pytest.raises(engine.EngineError):
+        engine.transcribe(
+            JFK,
+            engine.Options(model="tiny.en", hotwords="Kennedy"),
+            duration_ms=11_000,
+            max_duration_ms=60_000,
+        )
+    assert seen == {"hotwords": "Kennedy"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_registered_folder_is_offered_and_transcribes(alice):
+    folder = catalogue.bundled_path()  # a real CTranslate2 folder of weights
+
+    call_command("register_model", "tiny-copy", str(folder), description="the same, renamed")
+
+    entry = WhisperModelEntry.objects.get()
+    assert entry.multilingual is False and entry.path == str(folder)
+    listed = model_entry(alice.client.get("/api/models").json(), "tiny-copy")
+    assert listed["source"] == "registered" and listed["languages"] == ["en"]
+    assert listed["description"] == "the same, renamed"
+    response = post_audio(alice.client, JFK, model="tiny-copy", mode="sync")
+    assert response.status_code == 201, response.content
+    assert REFERENCE in " ".join(words(response.json()["text"]))
+
+    call_command("register_model", "tiny-copy", "--remove")
+    assert post_audio(alice.client, JFK, model="tiny-copy", mode="async").status_code == 400
+
+
+def test_register_model_refuses_what_is_not_a_model(tmp_path):
+    (tmp_path / "model.bin").write_bytes(b"\0" * 100)
+    (tmp_path / "config.json").write_text("{}")
+
+    with pytest.raises(CommandError, match=r"no model\.bin, config\.json"):
+        call_command("register_model", "empty", str(tmp_path / "nowhere"))
+    with pytest.raises(CommandError, match="does not load as a Whisper model"):
+        call_command("register_model", "broken", str(tmp_path))
+    with pytest.raises(CommandError, match="bundled model"):
+        call_command("register_model", "base", str(tmp_path))
+    with pytest.raises(CommandError, match="not a model name"):
+        call_command("register_model", "Bad Name", str(tmp_path))
+    assert not WhisperModelEntry.objects.exists()
+
+
+def test_at_most_whisper_models_loaded_stay_loaded_the_least_recently_used_goes(
+    settings, monkeypatch
+):
+    import faster_whisper
+
+    settings.WHISPER_MODELS_LOADED = 2
+    monkeypatch.setattr(engine, "_models", engine.OrderedDict())
+    monkeypatch.setattr(engine, "resolve_model", lambda name: f"/models/{name}")
+    monkeypatch.setattr(faster_whisper, "WhisperModel", lambda source, **options: source)
+
+    for name in ("a", "b", "a", "c"):
+        engine.get_model(name)
+
+    assert engine.loaded_models() == ["a", "c"]  # b was the least recently used
