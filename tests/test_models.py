@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import CommandError, call_command
+from django.test import Client
 
 from tasks_admin.models import Job
 from tests.conftest import JFK, post_audio, queued_run, words
@@ -323,3 +324,29 @@ def test_at_most_whisper_models_loaded_stay_loaded_the_least_recently_used_goes(
         engine.get_model(name)
 
     assert engine.loaded_models() == ["a", "c"]  # b was the least recently used
+
+
+@pytest.mark.slow
+def test_the_detected_language_is_announced_while_the_run_is_processing(service, german, base):
+    """The language is known after the first window: events say so before `done`, the run's
+    page names it, and a worker on its own data folder assembles base for itself."""
+    service.start_web()
+    service.worker()
+    run = service.submit(german, model="base")
+    events = service.events(run)
+
+    done = events.wait_for("done", timeout=180)
+    events.close()
+    processing = [
+        event.data
+        for event in events.events
+        if event.name == "update" and event.data["status"] == "processing"
+    ]
+    known = [data for data in processing if data["language"] == "de"]
+    assert known and 0.5 < known[0]["languageProbability"] <= 1
+    assert processing[0]["language"] is None  # not before it was detected
+    assert done.data["language"] == "de"
+    owner = Client()
+    owner.force_login(service.account.user)
+    page = owner.get(f"/runs/{run['runId']}/").content.decode()
+    assert "Language: <span>German (detected, " in page and " % sure)</span>" in page

@@ -422,6 +422,7 @@ def transcribe(
     max_duration_ms: int,
     on_segment: Callable[[dict[str, Any], float], None] | None = None,
     on_window: Callable[[float, float], None] | None = None,
+    on_language: Callable[[str, float], None] | None = None,
     allow_batched: bool = False,
 ) -> Result:
     """Transcribe `path`; `on_segment(segment, progress_percent)` is called for each segment
@@ -435,6 +436,8 @@ def transcribe(
     `duration_ms` is the audio's measured length (for progress); decoding stops with a
     permanent `audio_too_long` error past `max_duration_ms`, whatever the file claims.
     `on_segment` may raise to stop early (cancel, lost lease): the exception propagates.
+    `on_language(code, probability)` is called once, as soon as the language is detected
+    (on the first window; never when the options name it).
     `allow_batched`: this is a worker's job, which may be decoded in batches
     (`batch_size_for`); segments then arrive in bursts, a batch at a time.
     """
@@ -465,6 +468,8 @@ def transcribe(
             if language is None:  # detected on the first window, kept for the rest
                 language = result.language = info.language
                 result.language_probability = float(info.language_probability or 0.0)
+                if on_language is not None:
+                    on_language(result.language, result.language_probability)
             resume_at: float | None = None
             last_end = 0.0
             # A batched window is decoded whole before its first segment is seen: each of its

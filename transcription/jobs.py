@@ -206,10 +206,16 @@ class ProgressWriter:
         self.clock = ProgressClock(assumed_rate=assumed_rate)
         self.last_flush = time.monotonic()
         self.lock = threading.Lock()
+        self.detected: dict[str, Any] = {}
 
     def window(self, start: float, end: float) -> None:
         with self.lock:
             self.clock.window(start, end, time.monotonic())
+
+    def language(self, code: str, probability: float) -> None:
+        """Detected: written and announced with the next update."""
+        with self.lock:
+            self.detected = {"detected_language": code, "language_probability": probability}
 
     def segment(self, item: dict[str, Any], progress: float) -> None:
         # Every segment checks the claim (a heartbeat reads only memory) and honours a
@@ -243,12 +249,15 @@ class ProgressWriter:
         if self.unsent:
             changes["segments"] = AppendedJson("segments", self.unsent)
         with transaction.atomic():
-            if not held_run(self.attempt).update(**changes):
+            if not held_run(self.attempt).update(**changes, **self.detected):
                 raise ClaimLost(f"run {self.run.pk} is no longer processing")
             self.run.progress = progress
             self.run.estimated_finish_at = finish_at
+            for field, value in self.detected.items():
+                setattr(self.run, field, value)
             publish(self.run, "update", newSegments=self.unsent)
         self.unsent = []
+        self.detected = {}
         self.last_flush = now
 
     @contextlib.contextmanager
@@ -343,6 +352,8 @@ class TranscribeHandler(BaseJobHandler[Transcribed]):
                 estimated_finish_at=None,
                 segments=[],
                 text="",
+                detected_language="",
+                language_probability=None,
                 error_code="",
                 error_message="",
             ):
@@ -390,6 +401,7 @@ class TranscribeHandler(BaseJobHandler[Transcribed]):
                     max_duration_ms=self.max_duration_ms(),
                     on_segment=writer.segment,
                     on_window=writer.window,
+                    on_language=writer.language,
                     allow_batched=allow_batched,
                 )
         except engine.EngineError as exc:

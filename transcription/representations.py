@@ -145,6 +145,15 @@ class ProgressSerializer(serializers.Serializer):
     estimatedTimeRemaining = serializers.SerializerMethodField(
         help_text="Seconds (to a tenth while processing); null until it can be estimated."
     )
+    language = BlankAsNullField(
+        source="detected_language",
+        help_text="The language detected (or asked for), once known; null before.",
+    )
+    languageProbability = serializers.FloatField(
+        source="language_probability",
+        allow_null=True,
+        help_text="How sure the detection is (0-1); null before, 1 when it was asked for.",
+    )
     attempts = serializers.IntegerField(source="attempts_used", min_value=0)
     maxAttempts = serializers.IntegerField(source="max_attempts", min_value=0)
     audio = AudioSummarySerializer()
@@ -221,7 +230,7 @@ class SegmentsField(serializers.JSONField):
 
 
 # What a run carries once it has succeeded, and only then.
-RESULT_FIELDS = ("text", "segments", "language", "languageProbability")
+RESULT_FIELDS = ("text", "segments")
 
 
 # Context: `queue` (as ProgressSerializer) and `events_tokens`, the events token of each owner
@@ -250,18 +259,6 @@ class RunSerializer(ProgressSerializer):
         source="corrected_segments",
         required=False,
         help_text="Succeeded only; with the owner's corrections, each beside the model's text.",
-    )
-    language = serializers.CharField(
-        source="detected_language",
-        required=False,
-        allow_blank=True,
-        help_text="Detected language; succeeded only.",
-    )
-    languageProbability = serializers.FloatField(
-        source="language_probability",
-        required=False,
-        allow_null=True,
-        help_text="Succeeded only.",
     )
 
     def get_eventsToken(self, run: TranscriptRun) -> str:

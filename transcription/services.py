@@ -392,6 +392,8 @@ def run_retry(*, run: TranscriptRun) -> TranscriptRun:
             progress=0.0,
             text="",
             segments=[],
+            detected_language="",
+            language_probability=None,
             segment_edits={},  # corrections of segments that a new transcription replaces
             error_code="",
             error_message="",

@@ -287,8 +287,22 @@ def run_page(request: HttpRequest, run_id: uuid.UUID) -> HttpResponse:
             # Staff see other people's runs; only the owner corrects a transcript.
             "can_edit": run.owner_id == request.user.pk,
             "text_max_length": SEGMENT_TEXT_MAX_LENGTH,
+            "language_label": language_label(run),
+            "language_names": languages.LANGUAGE_NAMES,
         },
     )
+
+
+def language_label(run: TranscriptRun) -> str:
+    """`German`, as asked; `German (detected, 78 % sure)`; empty while not known. run.js
+    says the same as events bring it."""
+    code = run.detected_language or run.language
+    if not code:
+        return ""
+    name = languages.LANGUAGE_NAMES.get(code, code)
+    if run.language or run.language_probability is None:
+        return name
+    return f"{name} (detected, {round(run.language_probability * 100)} % sure)"
 
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")

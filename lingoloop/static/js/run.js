@@ -61,7 +61,21 @@
 
   // --- Status -------------------------------------------------------------------------------
 
+  // As the page's own label says it (web.language_label).
+  var languageNames = LL.parseJson(document.getElementById("language-names").textContent) || {};
+  function showLanguage(run) {
+    var code = run.language || root.dataset.askedLanguage;
+    if (!code) return;
+    var label = languageNames[code] || code;
+    if (!root.dataset.askedLanguage && run.languageProbability != null) {
+      label += " (detected, " + Math.round(run.languageProbability * 100) + " % sure)";
+    }
+    language.querySelector("span").textContent = label;
+    language.hidden = false;
+  }
+
   function render(run) {
+    showLanguage(run);
     status = run.status;
     root.dataset.status = status;
     LL.setBadge(badge, status);
@@ -233,10 +247,6 @@
       list.textContent = "";
       addSegments(answer.body.segments);
       updateOriginalChoice();
-      if (answer.body.language) {
-        language.hidden = false;
-        language.querySelector("span").textContent = answer.body.language;
-      }
     });
   }
 
