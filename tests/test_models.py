@@ -8,6 +8,7 @@ Debian's espeak-ng (its German voice is one `base` understands; its French one i
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -350,3 +351,28 @@ def test_the_detected_language_is_announced_while_the_run_is_processing(service,
     owner.force_login(service.account.user)
     page = owner.get(f"/runs/{run['runId']}/").content.decode()
     assert "Language: <span>German (detected, " in page and " % sure)</span>" in page
+
+
+@pytest.mark.slow
+def test_the_command_line_client_lists_models_and_detects_languages(service, german, tmp_path):
+    from tests.test_client_cli import cli_env, lingoloop
+
+    service.start_web()  # no worker: detection never queues
+    env = cli_env(tmp_path, service.web_url, service.account.token)
+
+    listed = lingoloop("models", env=env)
+    detected = lingoloop("detect-language", str(german), str(JFK), env=env)
+    as_json = lingoloop("detect-language", str(german), "--json", env=env)
+    refused = lingoloop("detect-language", str(JFK), "--model", "tiny.en", env=env)
+
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[0].startswith("tiny.en (default)\tEnglish only")
+    assert any(line.startswith("base\t100 languages, translates\t138 MiB") for line in lines)
+    assert detected.returncode == 0, detected.stderr
+    german_line, english_line = detected.stdout.splitlines()
+    assert german_line.startswith("guten-morgen.wav\tde 0.")
+    assert english_line.startswith("jfk.flac\ten 0.9")
+    assert json.loads(as_json.stdout)[0]["language"] == "de"
+    assert refused.returncode == 1 and "English" in refused.stderr
+    assert not TranscriptRun.objects.exists()

@@ -98,8 +98,9 @@ def parser() -> argparse.ArgumentParser:
         parents=[common],
     )  # fmt: skip
     transcribe.add_argument("files", nargs="+", type=Path, metavar="FILE")
-    transcribe.add_argument("--language", help="spoken language code, e.g. en (default: detect)")
-    transcribe.add_argument("--model", help="model name the server offers")
+    transcribe.add_argument("--language", help="spoken language code, e.g. de (default: detect)")
+    transcribe.add_argument("--model", help="a model the server offers (lingoloop models)")
+    transcribe.add_argument("--hotwords", help="words to favour: names, jargon")
     transcribe.add_argument("--task", choices=("transcribe", "translate"), default=None)
     transcribe.add_argument(
         "--word-timestamps", action="store_true", help="time every word as well"
@@ -117,6 +118,14 @@ def parser() -> argparse.ArgumentParser:
         "--cancel-on-interrupt", action="store_true",
         help="Ctrl-C cancels the runs (by default they keep going on the server)",
     )  # fmt: skip
+
+    commands.add_parser("models", help="the models the server offers", parents=[common])
+    detect = commands.add_parser(
+        "detect-language", help="which language files speak (their first 30 s), at once",
+        parents=[common],
+    )  # fmt: skip
+    detect.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    detect.add_argument("--model", help="a multilingual model (default: the server's choice)")
 
     runs = commands.add_parser("runs", help="list your runs, newest first", parents=[common])
     runs.add_argument("--status", choices=STATUSES)
@@ -287,6 +296,8 @@ def form_fields(args: argparse.Namespace, *, wait: bool) -> dict[str, str]:
         fields["language"] = args.language
     if args.model:
         fields["model"] = args.model
+    if args.hotwords:
+        fields["hotwords"] = args.hotwords
     if args.task:
         fields["task"] = args.task
     if args.word_timestamps:
@@ -651,8 +662,61 @@ def safe_stem(filename: str, fallback: str) -> str:
     return stem[:100] or fallback
 
 
+def models(api: Api, args: argparse.Namespace) -> int:
+    answer = api.json("GET", "/api/models")
+    if args.json:
+        emit_json(answer)
+        return 0
+    for model in answer.get("models", []):
+        languages = model.get("languages") or []
+        knows = "English only" if languages == ["en"] else f"{len(languages)} languages"
+        size = model.get("sizeBytes")
+        print(
+            "\t".join(
+                [
+                    printable(str(model.get("name")))
+                    + (" (default)" if model.get("default") else ""),
+                    knows + (", translates" if model.get("translates") else ""),
+                    f"{size / 2**20:.0f} MiB" if isinstance(size, int) else "",
+                    printable(str(model.get("description", ""))),
+                ]
+            )
+        )
+    return 0
+
+
+def detect_language(api: Api, args: argparse.Namespace) -> int:
+    found = []
+    for path in args.files:
+        if not path.is_file():
+            raise UsageError(f"{path}: no such file")
+    for path in args.files:
+        fields = {"model": args.model} if args.model else {}
+        with path.open("rb") as handle:
+            answer = api.json(
+                "POST", "/api/detect-language", files={"file": (path.name, handle)}, data=fields,
+                timeout=httpx.Timeout(120.0, connect=10.0),
+            )  # fmt: skip
+        found.append({"file": str(path), **answer})
+        if not args.json:
+            guesses = ", ".join(
+                f"{printable(str(g.get('language')))} {float(g.get('probability', 0)):.2f}"
+                for g in answer.get("languages", [])[1:]
+            )
+            print(
+                f"{path.name}\t{printable(str(answer.get('language')))} "
+                f"{float(answer.get('probability', 0)):.2f}"
+                + (f"\t(then {guesses})" if guesses else "")
+            )
+    if args.json:
+        emit_json(found)
+    return 0
+
+
 COMMANDS: dict[str, Callable[[Api, argparse.Namespace], int]] = {
     "transcribe": transcribe,
+    "models": models,
+    "detect-language": detect_language,
     "runs": list_runs,
     "show": show,
     "get": get,
