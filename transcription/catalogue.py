@@ -22,6 +22,7 @@ import contextlib
 import fcntl
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -32,7 +33,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from transcription.languages import LANGUAGE_CODES
+from transcription.languages import LANGUAGE_CODES, LANGUAGE_NAMES
 
 logger = logging.getLogger(__name__)
 
@@ -59,15 +60,36 @@ class ModelInfo:
     size_bytes: int | None
     source: str  # bundled | registered | hub
     description: str = ""
+    # The language codes it knows; empty: every one Whisper has (a hub model, unread).
+    known_languages: tuple[str, ...] = ()
 
     @property
     def languages(self) -> list[str]:
-        return sorted(LANGUAGE_CODES) if self.multilingual else ["en"]
+        if not self.multilingual:
+            return ["en"]
+        return sorted(self.known_languages or LANGUAGE_CODES)
 
     @property
     def translates(self) -> bool:
         """Whisper translates into English only with its multilingual models."""
         return self.multilingual
+
+
+# Whisper's language tokens follow its language list's order (LANGUAGE_NAMES keeps it).
+FIRST_LANGUAGE_TOKEN = 50259
+
+
+def languages_of(folder: Path) -> tuple[str, ...]:
+    """The language codes a model's config.json names by token (`lang_ids`): the first 99
+    for base (no Cantonese, which came with large-v3), all 100 for large-v3."""
+    try:
+        ids = json.loads((folder / "config.json").read_text()).get("lang_ids") or []
+    except (OSError, ValueError):
+        return ()
+    order = list(LANGUAGE_NAMES)
+    return tuple(
+        order[i - FIRST_LANGUAGE_TOKEN] for i in ids if 0 <= i - FIRST_LANGUAGE_TOKEN < len(order)
+    )
 
 
 def _package_dir(module: str) -> Path | None:
@@ -92,6 +114,8 @@ def _builtin() -> list[ModelInfo]:
         )
     ]
     if base_installed():
+        first_part = _package_dir(BASE_PACKAGES[0])
+        assert first_part is not None  # base_installed
         models.append(
             ModelInfo(
                 BASE_MODEL,
@@ -99,6 +123,7 @@ def _builtin() -> list[ModelInfo]:
                 size_bytes=BASE_MODEL_BIN_BYTES,
                 source="bundled",
                 description="Whisper base, 99 languages, translates into English",
+                known_languages=languages_of(first_part),
             )
         )
     return models
@@ -114,6 +139,7 @@ def _registered() -> list[ModelInfo]:
             size_bytes=entry.size_bytes,
             source="registered",
             description=entry.description,
+            known_languages=tuple(entry.languages),
         )
         for entry in WhisperModelEntry.objects.order_by("name")
     ]

@@ -436,6 +436,8 @@ class WhisperModelEntry(models.Model):
     name = models.SlugField(max_length=64, unique=True)
     path = models.CharField(max_length=1000)
     multilingual = models.BooleanField()
+    # The codes it knows, from its config.json (catalogue.languages_of).
+    languages = models.JSONField(default=list)
     size_bytes = models.BigIntegerField()
     description = models.CharField(max_length=200, blank=True, default="")
     registered_at = models.DateTimeField(default=timezone.now)

@@ -111,12 +111,15 @@ class SubmitSerializer(serializers.Serializer):
         model = catalogue.get(attrs.get("model") or settings.WHISPER_MODEL)
         assert model is not None  # validate_model checked a given one; the default is offered
         attrs["model"] = model.name
+        if attrs["language"] and attrs["language"] not in model.languages:
+            raise serializers.ValidationError(
+                {
+                    "language": f"Model {model.name} does not know {attrs['language']!r}"
+                    + (" (English only)." if not model.multilingual else ".")
+                },
+                code="unknown_language",
+            )
         if not model.multilingual:
-            if attrs["language"] not in ("", "en"):
-                raise serializers.ValidationError(
-                    {"language": f"Model {model.name} only knows English."},
-                    code="unknown_language",
-                )
             if attrs["task"] == "translate":
                 raise serializers.ValidationError(
                     {

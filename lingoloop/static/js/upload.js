@@ -26,15 +26,16 @@
 
   // --- Options ------------------------------------------------------------------------------
 
-  // English-only models cannot translate, nor take another language than English.
+  // Each model offers the languages it knows; English-only ones cannot translate.
   function syncModelOptions() {
     var chosen = modelSelect.options[modelSelect.selectedIndex];
     var englishOnly = !chosen || chosen.dataset.multilingual !== "true";
+    var known = (chosen ? chosen.dataset.languages || "en" : "en").split(" ");
     var translate = taskSelect.querySelector("option[value=translate]");
     translate.disabled = englishOnly;
     if (englishOnly && taskSelect.value === "translate") taskSelect.value = "transcribe";
     Array.prototype.forEach.call(languageSelect.options, function (option) {
-      option.disabled = englishOnly && option.value !== "" && option.value !== "en";
+      option.disabled = option.value !== "" && known.indexOf(option.value) < 0;
     });
     if (languageSelect.options[languageSelect.selectedIndex].disabled) languageSelect.value = "";
     document.getElementById("model-hint").textContent = englishOnly

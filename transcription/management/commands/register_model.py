@@ -58,6 +58,7 @@ class Command(BaseCommand):
             defaults={
                 "path": str(folder),
                 "multilingual": multilingual,
+                "languages": list(catalogue.languages_of(folder)) if multilingual else ["en"],
                 "size_bytes": size,
                 "description": options["description"][:200],
             },
