@@ -27,7 +27,7 @@ from django.conf import settings
 
 from lingoloop.refusals import Refused
 from transcription import catalogue
-from transcription.pcm import SAMPLE_RATE, AudioTooLong, Windows, pcm_chunks
+from transcription.pcm import SAMPLE_RATE, AudioTooLong, ChannelMissing, Windows, pcm_chunks
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,8 @@ class Options:
     beam_size: int = 5
     initial_prompt: str | None = None
     hotwords: str | None = None
+    # One channel only (from 0), as channels=separate transcribes each; None: all mixed.
+    channel: int | None = None
 
 
 @dataclass
@@ -449,7 +451,8 @@ def transcribe(
     # A batched window's segments all come at its end; a short first one gives progress its
     # first real point, and the pace to interpolate by, early (jobs.ProgressClock).
     first = FIRST_BATCHED_WINDOW_SECONDS if batch else seconds
-    windows = Windows(pcm_chunks(path, max_ms=max_duration_ms), seconds, first_seconds=first)
+    chunks = pcm_chunks(path, max_ms=max_duration_ms, channel=options.channel)
+    windows = Windows(chunks, seconds, first_seconds=first)
     result = Result(language=options.language or "", language_probability=1.0, duration=0.0)
     language = options.language
     prompt = options.initial_prompt
@@ -508,6 +511,12 @@ def transcribe(
                 # As whisper conditions each 30 s on the text before it. (The batched pipeline
                 # gives its prompt to every chunk of a window alike: only the user's then.)
                 prompt = result.text[-PROMPT_CHARS:] or options.initial_prompt
+    except ChannelMissing:
+        raise EngineError(
+            "channel_missing",
+            f"The audio has no channel {(options.channel or 0) + 1}, although its header said so.",
+            permanent=True,
+        ) from None
     except AudioTooLong:
         raise EngineError(
             "audio_too_long",
@@ -521,3 +530,77 @@ def transcribe(
             "undecodable", "The audio could not be decoded.", permanent=True
         ) from None
     return result
+
+
+def transcribe_channels(
+    path: Path,
+    options: Options,
+    *,
+    speakers: list[str],
+    duration_ms: int,
+    max_duration_ms: int,
+    on_segment: Callable[[dict[str, Any], float], None] | None = None,
+    on_window: Callable[[float, float], None] | None = None,
+    on_language: Callable[[str, float], None] | None = None,
+    allow_batched: bool = False,
+) -> Result:
+    """channels=separate: each channel of `path` transcribed on its own (one speaker each,
+    `speakers[k]` for channel k), then merged in time order.
+
+    Progress runs over all of them: channel k covers the k-th n-th of it. Segments are
+    reported as each channel makes them, labelled and numbered in that order; the result
+    holds them merged by start time (then channel), numbered again from 0. The language is
+    the first channel's; each channel detects its own.
+
+    Each channel is decoded with the VAD filter on: a speaker's channel is mostly the others'
+    silence, in which Whisper otherwise invents words and from which it times its first
+    segment (a reply 4 s in came back starting at 0 s).
+    """
+    count = len(speakers)
+    results: list[Result] = []
+    reported = 0
+
+    def overall(k: int, percent: float) -> float:
+        return (k * 100.0 + percent) / count
+
+    for k, speaker in enumerate(speakers):
+
+        def segment(
+            item: dict[str, Any], progress: float, k: int = k, speaker: str = speaker
+        ) -> None:
+            nonlocal reported
+            labelled = {**item, "id": reported, "speaker": speaker, "channel": k}
+            reported += 1
+            if on_segment is not None:
+                on_segment(labelled, overall(k, progress))
+
+        def window(start: float, end: float, k: int = k) -> None:
+            if on_window is not None:
+                on_window(overall(k, start), overall(k, end))
+
+        results.append(
+            transcribe(
+                path,
+                dataclasses.replace(options, channel=k, vad_filter=True),
+                duration_ms=duration_ms,
+                max_duration_ms=max_duration_ms,
+                on_segment=segment,
+                on_window=window,
+                on_language=on_language if k == 0 else None,
+                allow_batched=allow_batched,
+            )
+        )
+    merged = sorted(
+        ((item, k) for k, result in enumerate(results) for item in result.segments),
+        key=lambda pair: (pair[0]["start"], pair[1]),
+    )
+    first = results[0]
+    return Result(
+        language=first.language,
+        language_probability=first.language_probability,
+        duration=max(result.duration for result in results),
+        segments=[
+            {**item, "id": index, "speaker": speakers[k], "channel": k}
+            for index, (item, k) in enumerate(merged)
+        ],
+    )

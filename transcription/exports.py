@@ -26,7 +26,7 @@ CONTENT_TYPES = {
 VERSIONS = ("edited", "original")
 LEVELS = ("segment", "word")
 
-Cue = dict[str, Any]  # start, end (seconds), text
+Cue = dict[str, Any]  # start, end (seconds), text, speaker (channels=separate; else "")
 
 
 def _timestamp(seconds: float, separator: str) -> str:
@@ -47,7 +47,12 @@ def _word_cues(segment: dict[str, Any]) -> Iterator[Cue]:
         yield segment
         return
     for word in segment["words"]:
-        yield {"start": word["start"], "end": word["end"], "text": word["word"]}
+        yield {
+            "start": word["start"],
+            "end": word["end"],
+            "text": word["word"],
+            "speaker": segment.get("speaker", ""),
+        }
 
 
 def cues(transcript: Transcript, level: str = "segment") -> list[Cue]:
@@ -56,10 +61,20 @@ def cues(transcript: Transcript, level: str = "segment") -> list[Cue]:
     if level == "word":
         lines = (cue for segment in transcript.segments for cue in _word_cues(segment))
     return [
-        {"start": cue["start"], "end": cue["end"], "text": _one_line(cue.get("text", ""))}
+        {
+            "start": cue["start"],
+            "end": cue["end"],
+            "text": _one_line(cue.get("text", "")),
+            "speaker": _one_line(cue.get("speaker", "")),
+        }
         for cue in lines
         if _one_line(cue.get("text", ""))
     ]
+
+
+def _spoken(cue: Cue) -> str:
+    """The cue's text, said by its speaker when there is one (`Alice: …`)."""
+    return f"{cue['speaker']}: {cue['text']}" if cue["speaker"] else cue["text"]
 
 
 def _vtt_text(text: str) -> str:
@@ -67,13 +82,22 @@ def _vtt_text(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def _vtt_voice(cue: Cue) -> str:
+    """The cue's text, in a voice span when it has a speaker (`<v Alice>…`)."""
+    text = _vtt_text(cue["text"])
+    return f"<v {_vtt_text(cue['speaker'])}>{text}" if cue["speaker"] else text
+
+
 def to_txt(transcript: Transcript, level: str) -> str:
+    """The text; with speakers, one line per segment, each said by its speaker."""
+    if any(segment.get("speaker") for segment in transcript.segments):
+        return "".join(_spoken(cue) + "\n" for cue in cues(transcript))
     return transcript.text.strip() + "\n"
 
 
 def to_srt(transcript: Transcript, level: str) -> str:
     blocks = [
-        f"{n}\n{_timestamp(c['start'], ',')} --> {_timestamp(c['end'], ',')}\n{c['text']}\n"
+        f"{n}\n{_timestamp(c['start'], ',')} --> {_timestamp(c['end'], ',')}\n{_spoken(c)}\n"
         for n, c in enumerate(cues(transcript, level), start=1)
     ]
     return "\n".join(blocks)
@@ -81,16 +105,25 @@ def to_srt(transcript: Transcript, level: str) -> str:
 
 def to_vtt(transcript: Transcript, level: str) -> str:
     blocks = [
-        f"{_timestamp(c['start'], '.')} --> {_timestamp(c['end'], '.')}\n{_vtt_text(c['text'])}\n"
+        f"{_timestamp(c['start'], '.')} --> {_timestamp(c['end'], '.')}\n{_vtt_voice(c)}\n"
         for c in cues(transcript, level)
     ]
     return "WEBVTT\n\n" + "\n".join(blocks)
 
 
 def to_tsv(transcript: Transcript, level: str) -> str:
-    rows = ["start\tend\ttext"]
-    for c in cues(transcript, level):
-        rows.append(f"{round(c['start'] * 1000)}\t{round(c['end'] * 1000)}\t{c['text']}")
+    lines = cues(transcript, level)
+    if any(c["speaker"] for c in lines):  # a column more, after the three everyone reads
+        rows = ["start\tend\ttext\tspeaker"]
+        rows += [
+            f"{round(c['start'] * 1000)}\t{round(c['end'] * 1000)}\t{c['text']}\t{c['speaker']}"
+            for c in lines
+        ]
+    else:
+        rows = ["start\tend\ttext"]
+        rows += [
+            f"{round(c['start'] * 1000)}\t{round(c['end'] * 1000)}\t{c['text']}" for c in lines
+        ]
     return "\n".join(rows) + "\n"
 
 

@@ -39,7 +39,14 @@ from transcription.events import (
     publish_attempt_error,
     publish_finished,
 )
-from transcription.models import Audio, RunMode, RunStatus, TranscriptRun
+from transcription.models import (
+    Audio,
+    Channels,
+    RunMode,
+    RunStatus,
+    TranscriptRun,
+    speaker_label,
+)
 from transcription.signals import run_started
 
 if TYPE_CHECKING:
@@ -394,16 +401,21 @@ class TranscribeHandler(BaseJobHandler[Transcribed]):
         began = time.monotonic()
         try:
             with writer.ticking():
-                result = engine.transcribe(
-                    path,
-                    options,
-                    duration_ms=run.audio.duration_ms,
-                    max_duration_ms=self.max_duration_ms(),
-                    on_segment=writer.segment,
-                    on_window=writer.window,
-                    on_language=writer.language,
-                    allow_batched=allow_batched,
-                )
+                common: dict[str, Any] = {
+                    "duration_ms": run.audio.duration_ms,
+                    "max_duration_ms": self.max_duration_ms(),
+                    "on_segment": writer.segment,
+                    "on_window": writer.window,
+                    "on_language": writer.language,
+                    "allow_batched": allow_batched,
+                }
+                if run.channels == Channels.SEPARATE:
+                    speakers = [
+                        speaker_label(run.speaker_names, k) for k in range(run.audio.channels)
+                    ]
+                    result = engine.transcribe_channels(path, options, speakers=speakers, **common)
+                else:
+                    result = engine.transcribe(path, options, **common)
         except engine.EngineError as exc:
             if exc.permanent:
                 raise PermanentError(exc.code, exc.message) from exc

@@ -31,6 +31,8 @@ class Audio(models.Model):
     content_type = models.CharField(max_length=100)
     size_bytes = models.BigIntegerField()
     duration_ms = models.BigIntegerField()
+    # As its stream's header says (channels=separate needs two or more).
+    channels = models.PositiveSmallIntegerField(default=1)
     sha256 = models.CharField(max_length=64)
     created_at = models.DateTimeField(default=timezone.now)
     purged_at = models.DateTimeField(null=True, blank=True)
@@ -63,6 +65,11 @@ class Task(models.TextChoices):
     TRANSLATE = "translate"
 
 
+class Channels(models.TextChoices):
+    MIX = "mix"
+    SEPARATE = "separate"
+
+
 class TranscriptRun(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)
@@ -81,6 +88,10 @@ class TranscriptRun(models.Model):
     initial_prompt = models.TextField(blank=True, default="")
     # Words to favour (names, jargon), as faster-whisper's `hotwords`.
     hotwords = models.TextField(blank=True, default="")
+    # mix: every channel heard together; separate: each channel on its own, as one speaker.
+    channels = models.CharField(max_length=8, choices=Channels.choices, default=Channels.MIX)
+    # Who speaks on each channel, in order; channels without a name are "Speaker N".
+    speaker_names = models.JSONField(default=list, blank=True)
 
     # Results.
     detected_language = models.CharField(max_length=16, blank=True, default="")
@@ -426,6 +437,11 @@ class PendingDeletion(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+def speaker_label(names: list[str], channel: int) -> str:
+    """Who speaks on `channel` (from 0): the name given for it, else `Speaker N`."""
+    return names[channel] if channel < len(names) and names[channel] else f"Speaker {channel + 1}"
 
 
 class WhisperModelEntry(models.Model):

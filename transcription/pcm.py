@@ -25,28 +25,49 @@ class AudioTooLong(Exception):
     """More audio decoded than the limit allows."""
 
 
-def pcm_chunks(path: Path, *, max_ms: int) -> Iterator[np.ndarray]:
-    """The audio of `path` as consecutive float32 arrays at 16 kHz mono.
+class ChannelMissing(Exception):
+    """The decoded audio has fewer channels than the one asked for (its header claimed more)."""
 
-    Raises AudioTooLong once more than `max_ms` of audio has been decoded.
+
+def pcm_chunks(path: Path, *, max_ms: int, channel: int | None = None) -> Iterator[np.ndarray]:
+    """The audio of `path` as consecutive float32 arrays at 16 kHz mono: all its channels
+    mixed, or only `channel` (from 0).
+
+    Raises AudioTooLong once more than `max_ms` of audio has been decoded, ChannelMissing when
+    the decoded frames have no such channel.
     """
     max_samples = max_ms * SAMPLE_RATE // 1000
     decoded = 0
     with open_audio(path) as container:
         stream = first_audio_stream(container)
         # 16-bit first, as faster_whisper.decode_audio does: the model then hears exactly
-        # what it hears through faster-whisper's own decoding.
-        resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+        # what it hears through faster-whisper's own decoding. One channel: planar 16-bit
+        # in the stream's own layout, of which one plane is kept.
+        resampler: av.AudioResampler | None = None
         # The trailing None flushes what the resampler still holds.
         for frame in itertools.chain(decoded_frames(container, stream), [None]):
             if frame is not None:
                 frame.pts = None  # the resampler keeps its own timeline across bad packets
+                if resampler is None:
+                    resampler = _resampler(frame, channel)
+            if resampler is None:
+                return
             for out in resampler.resample(frame):
-                samples = out.to_ndarray().reshape(-1).astype(np.float32) / 32768.0
+                planes = out.to_ndarray()
+                if channel is not None and channel >= planes.shape[0]:
+                    raise ChannelMissing(f"no channel {channel + 1} in the decoded audio")
+                plane = planes[channel] if channel is not None else planes.reshape(-1)
+                samples = plane.astype(np.float32) / 32768.0
                 decoded += samples.shape[0]
                 if decoded > max_samples:
                     raise AudioTooLong(f"more than {max_ms} ms of audio decoded")
                 yield samples
+
+
+def _resampler(frame: av.AudioFrame, channel: int | None) -> av.AudioResampler:
+    if channel is None:
+        return av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+    return av.AudioResampler(format="s16p", layout=frame.layout.name, rate=SAMPLE_RATE)
 
 
 class Windows:

@@ -69,6 +69,8 @@ class Probe:
     content_type: str
     duration_ms: int
     codec: str
+    # As the stream's header says; decoding one channel checks it (pcm.ChannelMissing).
+    channels: int = 1
 
 
 @contextlib.contextmanager
@@ -105,6 +107,7 @@ def probe_audio(path: Path) -> Probe:
     with open_audio(path) as container:
         stream = first_audio_stream(container)
         format_name, codec = container.format.name, stream.codec_context.name
+        channels = max(1, int(stream.codec_context.channels or 1))
         header_claims_sound = bool(stream.duration or container.duration)
         duration_ms = _measure(_demuxed_ms, container, stream, max_ms, deadline)
     _refuse_too_long(duration_ms)
@@ -130,7 +133,10 @@ def probe_audio(path: Path) -> Probe:
             field="file",
         )
     return Probe(
-        content_type=_content_type(format_name, codec), duration_ms=duration_ms, codec=codec
+        content_type=_content_type(format_name, codec),
+        duration_ms=duration_ms,
+        codec=codec,
+        channels=channels,
     )
 
 

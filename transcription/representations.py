@@ -25,7 +25,14 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from tasks_admin.models import JobStatus
-from transcription.models import QueueSnapshot, RunMode, RunStatus, Task, TranscriptRun
+from transcription.models import (
+    Channels,
+    QueueSnapshot,
+    RunMode,
+    RunStatus,
+    Task,
+    TranscriptRun,
+)
 from transcription.tokens import events_token_for
 
 
@@ -183,6 +190,8 @@ class RunOptionsSerializer(serializers.Serializer):
     beamSize = serializers.IntegerField(source="beam_size")
     initialPrompt = BlankAsNullField(source="initial_prompt")
     hotwords = BlankAsNullField()
+    channels = serializers.ChoiceField(choices=Channels.choices)
+    speakerNames = serializers.ListField(child=serializers.CharField(), source="speaker_names")
 
 
 class WordSerializer(serializers.Serializer):
@@ -201,6 +210,12 @@ class SegmentSerializer(serializers.Serializer):
         many=True,
         required=False,
         help_text="With wordTimestamps only, and not on a corrected segment (see originalWords).",
+    )
+    speaker = serializers.CharField(
+        required=False, help_text="channels=separate only: who speaks (the channel's speaker)."
+    )
+    channel = serializers.IntegerField(
+        required=False, min_value=0, help_text="channels=separate only: the channel, from 0."
     )
     edited = serializers.BooleanField(
         required=False, help_text="Present and true on a corrected segment."

@@ -12,10 +12,11 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from lingoloop.characters import has_control_characters
 from transcription import catalogue
 from transcription.callbacks import UnsafeDestination, check_callback_url
 from transcription.languages import LANGUAGE_CODES
-from transcription.models import Task
+from transcription.models import Channels, Task
 from transcription.services import SEGMENT_TEXT_MAX_LENGTH, RunOptions
 
 USER_PRIORITY_RANGE = (-10, 10)
@@ -60,6 +61,31 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+SPEAKER_NAMES_MAX_LENGTH = 400
+SPEAKER_NAME_MAX_LENGTH = 40
+
+
+def _speaker_names(text: str) -> list[str]:
+    """`Alice, Bob`: one name per channel in order (an empty one keeps `Speaker N`)."""
+    if not text.strip():
+        return []
+    if has_control_characters(text):
+        raise serializers.ValidationError(
+            {"speakerNames": "Speaker names may not hold control characters."},
+            code="invalid_characters",
+        )
+    names = [_one_line(name) for name in text.split(",")]
+    if any(len(name) > SPEAKER_NAME_MAX_LENGTH for name in names):
+        raise serializers.ValidationError(
+            {
+                "speakerNames": f"A speaker name may be at most {SPEAKER_NAME_MAX_LENGTH} "
+                "characters."
+            },
+            code="max_length",
+        )
+    return names
+
+
 class SubmitSerializer(serializers.Serializer):
     file = serializers.FileField(allow_empty_file=True, use_url=False)
     language = serializers.CharField(required=False, allow_blank=True, max_length=16, default="")
@@ -73,6 +99,10 @@ class SubmitSerializer(serializers.Serializer):
     )
     hotwords = serializers.CharField(
         required=False, allow_blank=True, max_length=HOTWORDS_MAX_LENGTH, default=""
+    )
+    channels = serializers.ChoiceField(choices=Channels.choices, default=Channels.MIX)
+    speakerNames = serializers.CharField(
+        required=False, allow_blank=True, max_length=SPEAKER_NAMES_MAX_LENGTH, default=""
     )
     priority = serializers.IntegerField(required=False, default=0)
     mode = serializers.ChoiceField(choices=["auto", "sync", "async"], default="auto")
@@ -119,16 +149,21 @@ class SubmitSerializer(serializers.Serializer):
                 },
                 code="unknown_language",
             )
-        if not model.multilingual:
-            if attrs["task"] == "translate":
-                raise serializers.ValidationError(
-                    {
-                        "task": f"Model {model.name} is English-only and cannot translate; "
-                        f"choose a multilingual one ({_multilingual_names()})."
-                    },
-                    code="unsupported_task",
-                )
+        if not model.multilingual and attrs["task"] == "translate":
+            raise serializers.ValidationError(
+                {
+                    "task": f"Model {model.name} is English-only and cannot translate; "
+                    f"choose a multilingual one ({_multilingual_names()})."
+                },
+                code="unsupported_task",
+            )
         attrs["hotwords"] = _one_line(attrs["hotwords"])
+        attrs["speakerNames"] = _speaker_names(attrs["speakerNames"])
+        if attrs["speakerNames"] and attrs["channels"] != Channels.SEPARATE:
+            raise serializers.ValidationError(
+                {"speakerNames": "Speaker names go with channels=separate."},
+                code="speaker_names_without_channels",
+            )
         return attrs
 
     def options(self) -> RunOptions:
@@ -142,6 +177,8 @@ class SubmitSerializer(serializers.Serializer):
             beam_size=data["beamSize"],
             initial_prompt=data["initialPrompt"],
             hotwords=data["hotwords"],
+            channels=data["channels"],
+            speaker_names=tuple(data["speakerNames"]),
             priority=data["priority"],
             callback_url=data["callbackUrl"],
             mode=data["mode"],
@@ -180,6 +217,19 @@ class SubmitRequestSerializer(SubmitSerializer):
         allow_blank=True,
         max_length=HOTWORDS_MAX_LENGTH,
         help_text="Words to favour (names, jargon), as faster-whisper's `hotwords`.",
+    )
+    channels = serializers.ChoiceField(
+        choices=Channels.choices,
+        default=Channels.MIX,
+        help_text="separate: each channel of a multichannel recording transcribed on its own, "
+        "its segments labelled with a speaker (a mono file is a 400).",
+    )
+    speakerNames = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        max_length=SPEAKER_NAMES_MAX_LENGTH,
+        help_text="With channels=separate: `Alice, Bob`, one per channel in order; "
+        "unnamed channels are `Speaker N`.",
     )
     task = serializers.ChoiceField(
         choices=Task.choices,

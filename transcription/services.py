@@ -43,7 +43,7 @@ from tasks_admin.services import job_enqueue
 from transcription import storage
 from transcription.events import announce_queue_positions, publish, publish_finished
 from transcription.jobs import JOB_TYPE_ASYNC, JOB_TYPE_SYNC
-from transcription.models import Audio, RunMode, RunStatus, TranscriptRun
+from transcription.models import Audio, Channels, RunMode, RunStatus, TranscriptRun
 from transcription.probe import Probe, probe_audio
 
 logger = logging.getLogger(__name__)
@@ -59,6 +59,8 @@ class RunOptions:
     beam_size: int = 5
     initial_prompt: str = ""
     hotwords: str = ""
+    channels: str = "mix"  # mix | separate
+    speaker_names: tuple[str, ...] = ()
     priority: int = 0
     callback_url: str = ""
     mode: str = "auto"  # auto | sync | async
@@ -91,6 +93,7 @@ def run_submit(
     stored: StoredUpload | None = None
     try:
         probe = probe_audio(spooled)  # before anything is kept: a refusal stores nothing
+        check_channels(options, probe)
         with decided_mode(options.mode, spooled.stat().st_size, probe.duration_ms) as mode:
             stored = store_upload(spooled)
             try:
@@ -109,6 +112,37 @@ def run_submit(
         if run is None and stored is not None:  # refused, or it lost the race
             storage.discard(stored.name)
         spooled.unlink(missing_ok=True)  # on a local folder it was moved already
+
+
+# channels=separate transcribes each channel on its own: a bound on the work one upload asks.
+MAX_SEPARATE_CHANNELS = 8
+
+
+def check_channels(options: RunOptions, probe: Probe) -> None:
+    """channels=separate needs a recording of 2 to MAX_SEPARATE_CHANNELS channels, and at
+    most one speaker name per channel."""
+    if options.channels != Channels.SEPARATE:
+        return
+    if probe.channels < 2:
+        raise Invalid(
+            "not_multichannel",
+            "channels=separate transcribes each channel of a multichannel recording on its "
+            "own; this one has a single channel.",
+            field="channels",
+        )
+    if probe.channels > MAX_SEPARATE_CHANNELS:
+        raise Invalid(
+            "too_many_channels",
+            f"channels=separate takes recordings of up to {MAX_SEPARATE_CHANNELS} channels; "
+            f"this one has {probe.channels}.",
+            field="channels",
+        )
+    if len(options.speaker_names) > probe.channels:
+        raise Invalid(
+            "too_many_speaker_names",
+            f"{len(options.speaker_names)} speaker names for {probe.channels} channels.",
+            field="speakerNames",
+        )
 
 
 def _run_for_key(owner: User, idempotency_key: str) -> TranscriptRun | None:
@@ -137,6 +171,7 @@ def _create_rows(
             content_type=probe.content_type,
             size_bytes=stored.size_bytes,
             duration_ms=probe.duration_ms,
+            channels=probe.channels,
             sha256=stored.sha256,
         )
         run = TranscriptRun.objects.create(
@@ -151,6 +186,8 @@ def _create_rows(
             beam_size=options.beam_size,
             initial_prompt=options.initial_prompt,
             hotwords=options.hotwords,
+            channels=options.channels,
+            speaker_names=list(options.speaker_names),
             priority=options.priority,
             callback_url=options.callback_url,
             idempotency_key=idempotency_key or None,
