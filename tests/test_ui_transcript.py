@@ -625,3 +625,44 @@ def test_cancel_a_run_with_the_keyboard(ui):
     page.keyboard.press("Enter")
     page.wait_for_url(ui.url("/runs/"))
     ui.assert_no_console_errors()
+
+
+# --- Speakers (channels=separate) ------------------------------------------------------------
+
+
+@pytest.fixture
+def two_speakers(service) -> str:  # type: ignore[no-untyped-def]
+    run_id = seed_run(service, words=False)
+    run = TranscriptRun.objects.get(pk=run_id)
+    names = ["Alice", "Bob"]
+    segments = [
+        {**segment, "speaker": names[i % 2], "channel": i % 2}
+        for i, segment in enumerate(run.segments)
+    ]
+    TranscriptRun.objects.filter(pk=run_id).update(
+        channels="separate", speaker_names=names, segments=segments
+    )
+    Audio.objects.filter(pk=run.audio_id).update(channels=2)
+    return run_id
+
+
+def test_each_speaker_has_a_colour_and_the_transcript_can_show_one_speaker(two_speakers, ui):
+    page = ui.page
+    open_run(ui, two_speakers)
+
+    chips = page.locator(".segment .speaker")
+    names = [name.rstrip(":") for name in chips.evaluate_all("es => es.map(e => e.textContent)")]
+    assert names[:2] == ["Alice", "Bob"] and set(names) == {"Alice", "Bob"}
+    colours = {chips.nth(i).evaluate("e => getComputedStyle(e).backgroundColor") for i in range(2)}
+    assert len(colours) == 2  # one colour each
+    assert page.locator(".segment").first.evaluate("e => e.textContent").count("Alice:") == 1
+    assert_accessible(ui)
+
+    page.get_by_label("Speaker").select_option("Bob")
+    visible = page.locator("li.seg:not([hidden])")
+    assert visible.count() == names.count("Bob")
+    shown = visible.locator(".speaker").evaluate_all("es => es.map(e => e.textContent)")
+    assert set(shown) == {"Bob:"}
+    page.get_by_label("Speaker").select_option("")
+    assert page.locator("li.seg:not([hidden])").count() == len(names)
+    ui.assert_no_console_errors()

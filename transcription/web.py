@@ -43,7 +43,7 @@ from lingoloop.refusals import Refused
 from transcription import catalogue, languages, services, storage
 from transcription.events import ALL_RUNS_CHANNEL, run_channel, user_channel
 from transcription.exports import RENDERERS
-from transcription.models import RunStatus, TranscriptRun
+from transcription.models import Channels, RunStatus, TranscriptRun, speaker_label
 from transcription.queries import filter_runs, search_words, valid_status
 from transcription.representations import progress_object
 from transcription.services import SEGMENT_TEXT_MAX_LENGTH
@@ -267,6 +267,8 @@ def run_page(request: HttpRequest, run_id: uuid.UUID) -> HttpResponse:
             "text": str(segment.get("text", "")).strip(),
             "edited": bool(segment.get("edited")),
             "original": str(segment.get("originalText", "")).strip(),
+            "speaker": str(segment.get("speaker", "")),
+            "channel": int(segment.get("channel", 0)) % SPEAKER_COLOURS,
         }
         for index, segment in enumerate(run.corrected_segments() or [])
     ]
@@ -288,9 +290,18 @@ def run_page(request: HttpRequest, run_id: uuid.UUID) -> HttpResponse:
             "can_edit": run.owner_id == request.user.pk,
             "text_max_length": SEGMENT_TEXT_MAX_LENGTH,
             "language_label": language_label(run),
+            "speakers": [
+                speaker_label(run.speaker_names, k) for k in range(run.audio.channels)
+            ]
+            if run.channels == Channels.SEPARATE
+            else [],
             "language_names": languages.LANGUAGE_NAMES,
         },
     )
+
+
+# run.css has a colour for each of this many speakers (then they repeat).
+SPEAKER_COLOURS = 8
 
 
 def language_label(run: TranscriptRun) -> str:

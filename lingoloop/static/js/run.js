@@ -26,6 +26,15 @@
   var empty = document.getElementById("segments-empty");
   var audio = document.getElementById("audio");
   var language = document.getElementById("run-language");
+  var speakerFilter = document.getElementById("speaker-filter");
+  // channels=separate: only the lines of the speaker chosen (all: "Everyone").
+  if (speakerFilter) {
+    speakerFilter.addEventListener("change", function () {
+      Array.prototype.forEach.call(list.querySelectorAll("li.seg"), function (li) {
+        li.hidden = speakerFilter.value !== "" && li.dataset.speaker !== speakerFilter.value;
+      });
+    });
+  }
 
   var status = root.dataset.status;
   var attempts = null;      // of the attempt whose segments are shown
@@ -145,6 +154,19 @@
     text.textContent = String(segment.text || "").trim();
     button.appendChild(ts);
     button.appendChild(document.createTextNode(" "));
+    if (segment.speaker) {
+      li.dataset.speaker = segment.speaker;
+      var speaker = document.createElement("span");
+      speaker.className = "speaker speaker-" + (Number(segment.channel) || 0) % 8;
+      speaker.textContent = segment.speaker;
+      var colon = document.createElement("span");
+      colon.className = "visually-hidden";
+      colon.textContent = ":";
+      speaker.appendChild(colon);
+      button.appendChild(speaker);
+      button.appendChild(document.createTextNode(" "));
+      li.hidden = speakerFilter !== null && speakerFilter.value !== "" && speakerFilter.value !== segment.speaker;
+    }
     button.appendChild(text);
     li.appendChild(button);
     decorate(li);

@@ -45,12 +45,21 @@
   modelSelect.addEventListener("change", syncModelOptions);
   syncModelOptions();
 
+  var channelsBox = document.getElementById("channels");
+  channelsBox.addEventListener("change", function () {
+    document.getElementById("speaker-names-field").hidden = !channelsBox.checked;
+  });
+
   function currentOptions() {
     var data = {};
     data.language = languageSelect.value;
     data.model = modelSelect.value;
     data.task = taskSelect.value;
     data.wordTimestamps = document.getElementById("word-timestamps").checked ? "true" : "false";
+    if (channelsBox.checked) {
+      data.channels = "separate";
+      data.speakerNames = document.getElementById("speaker-names").value.trim();
+    }
     return data;
   }
 
