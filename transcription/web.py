@@ -290,9 +290,7 @@ def run_page(request: HttpRequest, run_id: uuid.UUID) -> HttpResponse:
             "can_edit": run.owner_id == request.user.pk,
             "text_max_length": SEGMENT_TEXT_MAX_LENGTH,
             "language_label": language_label(run),
-            "speakers": [
-                speaker_label(run.speaker_names, k) for k in range(run.audio.channels)
-            ]
+            "speakers": [speaker_label(run.speaker_names, k) for k in range(run.audio.channels)]
             if run.channels == Channels.SEPARATE
             else [],
             "language_names": languages.LANGUAGE_NAMES,
