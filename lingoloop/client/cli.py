@@ -101,6 +101,13 @@ def parser() -> argparse.ArgumentParser:
     transcribe.add_argument("--language", help="spoken language code, e.g. de (default: detect)")
     transcribe.add_argument("--model", help="a model the server offers (lingoloop models)")
     transcribe.add_argument("--hotwords", help="words to favour: names, jargon")
+    transcribe.add_argument(
+        "--speakers-by-channel", action="store_true",
+        help="one speaker per channel (call recordings): each channel transcribed on its own",
+    )  # fmt: skip
+    transcribe.add_argument(
+        "--speaker-names", metavar="NAMES", help="with --speakers-by-channel: 'Alice, Bob'"
+    )
     transcribe.add_argument("--task", choices=("transcribe", "translate"), default=None)
     transcribe.add_argument(
         "--word-timestamps", action="store_true", help="time every word as well"
@@ -298,6 +305,10 @@ def form_fields(args: argparse.Namespace, *, wait: bool) -> dict[str, str]:
         fields["model"] = args.model
     if args.hotwords:
         fields["hotwords"] = args.hotwords
+    if args.speakers_by_channel:
+        fields["channels"] = "separate"
+    if args.speaker_names:
+        fields["speakerNames"] = args.speaker_names
     if args.task:
         fields["task"] = args.task
     if args.word_timestamps:
