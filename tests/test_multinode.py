@@ -196,6 +196,24 @@ def collect_static(processes: Processes, data_dirs: list[Path]) -> None:
         shutil.copytree(data_dirs[0] / "staticfiles", other / "staticfiles", dirs_exist_ok=True)
 
 
+def kill_while_running(cluster: subprocess.Popen[bytes]) -> Job:
+    """SIGKILL the cluster's whole process group while one of its processes runs a job (as
+    a machine that is lost would), and that job. Jobs of 2-3 s clips are short: the cluster is
+    frozen (SIGSTOP) while the test looks, so that the job it sees is the one that dies."""
+    cluster_id = Worker.objects.get(pid=cluster.pid).id
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        os.killpg(cluster.pid, signal.SIGSTOP)
+        running = Job.objects.held_by_cluster(cluster_id).first()
+        if running is not None:
+            os.killpg(cluster.pid, signal.SIGKILL)
+            cluster.wait()
+            return running
+        os.killpg(cluster.pid, signal.SIGCONT)
+        time.sleep(0.05)
+    raise AssertionError("the first cluster ran no job for 60 s")
+
+
 def web_of_request(logs: dict[str, Path], request_id: str) -> str:
     """Which web process answered the upload with this X-Request-ID (its access log says)."""
     mark = '"POST /api/transcribe" 202 '
@@ -281,9 +299,10 @@ def stored_events(run_ids: list[str]) -> dict[str, list[tuple[int, str, float]]]
 
 def check_stream(
     stream: EventStream, stored: list[tuple[int, str, float]], what: str
-) -> list[float]:
+) -> list[tuple[float, float]]:
     """The stream began with `init`, then had each stored event made after it, once, in
-    order, up to one `done`, and nothing else but heartbeats. Returns each event's delay."""
+    order, up to one `done`, and nothing else but heartbeats. Returns each event's delay
+    (received - made) and when it was made."""
     events: list[Event] = [e for e in stream.events if e.name != "heartbeat"]
     assert stream.status == 200, (what, stream.status, stream.body)
     assert events and events[0].name == "init", (what, stream.names())
@@ -296,7 +315,17 @@ def check_stream(
     done_at = next(i for i, (_, name) in enumerate(expected) if name == "done")
     assert got == expected[: done_at + 1], (what, got, expected)
     made = {eid: when for eid, _, when in stored}
-    return [e.received_at - made[int(e.id or -1)] for e in events[1:]]
+    return [(e.received_at - made[int(e.id or -1)], made[int(e.id or -1)]) for e in events[1:]]
+
+
+def late(delays: list[tuple[float, float]], since: float) -> list[str]:
+    """The events received a second or more after they were made: when (seconds into the
+    test) and how late."""
+    return [
+        f"made at {made - since:.2f} s, received {delay:.2f} s later"
+        for delay, made in sorted(delays, key=lambda item: item[1])
+        if delay >= MAX_EVENT_DELAY
+    ]
 
 
 def spread(stored: list[tuple[int, str, float]], after_id: int) -> float:
@@ -349,16 +378,17 @@ def test_two_web_processes_and_two_clusters_behind_nginx(
     proxy = httpx.Client(
         base_url=nginx, headers={"Host": HOST, "Authorization": f"Bearer {alice.token}"}, timeout=60
     )
-    # Static files come through, with the web processes' cache headers.
+    # Static files come through (from the web processes' collectstatic folders).
     style = proxy.get("/static/css/app.css")
     assert style.status_code == 200 and style.headers["content-type"].startswith("text/css")
+    assert style.text == (ROOT / "lingoloop" / "static" / "css" / "app.css").read_text()
 
     runs: list[dict[str, Any]] = []
     took: list[str] = []
     watchers: list[EventStream] = []
     through_nginx: dict[int, EventStream] = {}
     doomed, killed_job = clusters[0], None
-    uploads_began = time.monotonic()
+    uploads_began, began_at = time.monotonic(), time.time()
     try:
         for i, path in enumerate(files):
             request_id = str(uuid.uuid4())
@@ -387,14 +417,7 @@ def test_two_web_processes_and_two_clusters_behind_nginx(
             if i == RUNS // 2:
                 # Mid-way: the first cluster dies whole (as with a lost machine) while it
                 # runs a job, and a new one takes its place.
-                cluster_id = Worker.objects.get(pid=doomed.pid).id
-                killed_job = wait_until(
-                    lambda: Job.objects.held_by_cluster(cluster_id).first(),  # noqa: B023
-                    60,
-                    "the first cluster to be running a job",
-                )
-                os.killpg(doomed.pid, signal.SIGKILL)
-                doomed.wait()
+                killed_job = kill_while_running(doomed)
                 killed_at = time.time()
                 clusters.append(processes.worker(data_dir=tmp_path / "worker-3", **worker_env))
         uploaded = time.monotonic() - uploads_began
@@ -416,7 +439,7 @@ def test_two_web_processes_and_two_clusters_behind_nginx(
 
     # Both web processes took uploads (nginx spread them), and each was watched from the other.
     per_web = Counter(took)
-    assert set(per_web) == set(webs) and min(per_web.values()) >= RUNS // 4, per_web
+    assert set(per_web) == set(webs) and min(per_web.values()) >= RUNS // 10, per_web
 
     # Every run ended once: one job, succeeded; one stored `done`; text from its speech.
     jobs = list(Job.objects.filter(run_id__in=run_ids))
@@ -435,13 +458,13 @@ def test_two_web_processes_and_two_clusters_behind_nginx(
 
     # Every watcher: its events in order, none missing, none twice, one `done`, each within a
     # second of its making; through nginx as directly.
-    direct_delays: list[float] = []
+    direct: list[tuple[float, float]] = []
     for run, stream in zip(runs, watchers, strict=True):
-        direct_delays += check_stream(stream, stored[run["runId"]], f"run {run['runId']}")
-    proxied_delays: list[float] = []
+        direct += check_stream(stream, stored[run["runId"]], f"run {run['runId']}")
+    proxied: list[tuple[float, float]] = []
     for i, stream in through_nginx.items():
         run_id = runs[i]["runId"]
-        proxied_delays += check_stream(stream, stored[run_id], f"run {run_id} through nginx")
+        proxied += check_stream(stream, stored[run_id], f"run {run_id} through nginx")
         assert "content-encoding" not in stream.response_headers, stream.response_headers
         # It lasted long enough for a buffering proxy to show.
         assert spread(stored[run_id], int(stream.events[0].id or 0)) > 2
@@ -449,8 +472,11 @@ def test_two_web_processes_and_two_clusters_behind_nginx(
     recovered = TranscriptRun.objects.get(pk=killed_run).finished_at.timestamp() - killed_at
     killed_watcher = watchers[run_ids.index(killed_run)]
     assert any(e.name == "error" and e.data["willRetry"] for e in killed_watcher.events)
-    assert max(direct_delays) < MAX_EVENT_DELAY, sorted(direct_delays)[-5:]
-    assert max(proxied_delays) < MAX_EVENT_DELAY, sorted(proxied_delays)[-5:]
+    kill_note = f"(the kill at {killed_at - began_at:.2f} s)"
+    assert not late(direct, began_at), (kill_note, late(direct, began_at)[:20])
+    assert not late(proxied, began_at), (kill_note, late(proxied, began_at)[:20])
+    direct_delays = [delay for delay, _ in direct]
+    proxied_delays = [delay for delay, _ in proxied]
 
     # The 413 through nginx, in the API's error shape: a declared size over the limit is
     # refused by nginx itself (no web process sees it), a body of unknown length that grows
