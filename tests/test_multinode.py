@@ -352,6 +352,10 @@ def test_two_web_processes_and_two_clusters_behind_nginx(
         "MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
         "USER_MAX_ACTIVE_RUNS": str(RUNS * 2),
         "UPLOADS_PER_MINUTE": str(RUNS * 5),
+        # An event that the killed cluster stored but had no time to publish on Redis reaches
+        # the web processes by their read of the database: every 5 s by default, with which
+        # this test saw such events 1.9 s late. deploy/lingoloop.env.example sets it too.
+        "REDIS_SAFETY_POLL_MS": "500",
     }
     worker_env = {
         **shared,
