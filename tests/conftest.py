@@ -57,6 +57,7 @@ def _own_redis_database() -> None:
     os.environ["REDIS_URL"] = settings.REDIS_URL = parsed._replace(path=f"/{db}").geturl()
     if getattr(settings, "EVENTS_REDIS", None):
         settings.EVENTS_REDIS = {**settings.EVENTS_REDIS, "db": db}
+        settings.EVENTS_REDIS_CHANNEL = f"lingoloop-events-db{db}"  # as the settings name it
 
 
 _own_redis_database()
