@@ -216,6 +216,12 @@ if REDIS_URL:
     # EVENTSTREAM_REDIS: django-eventstream's own Redis path retries a dead Redis for seconds
     # per event and never reconnects its listener.
     EVENTS_REDIS = _redis_kwargs(REDIS_URL)
+# Redis pub/sub has one space of channels whatever the database number: the channel is named
+# after REDIS_URL's database, so installations on other databases of one Redis stay apart.
+EVENTS_REDIS_CHANNEL = env_str(
+    "EVENTS_REDIS_CHANNEL",
+    f"lingoloop-events-db{EVENTS_REDIS['db']}" if REDIS_URL else "lingoloop-events",
+)
 # The cache holds nothing that must be shared or must survive: upload limits are counted in
 # the run table and login failures in axes' table, so a Redis outage cannot fail a request
 # through the cache. Process memory, for web and worker alike; django-q2 keeps its cluster
