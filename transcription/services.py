@@ -40,7 +40,7 @@ from lingoloop.refusals import Conflict, Invalid, LimitReached
 from tasks_admin.models import Job, JobStatus
 from tasks_admin.runner import run_job
 from tasks_admin.services import job_enqueue
-from transcription import storage
+from transcription import chunks, storage
 from transcription.events import announce_queue_positions, publish, publish_finished
 from transcription.jobs import JOB_TYPE_ASYNC, JOB_TYPE_SYNC
 from transcription.models import Audio, RunMode, RunStatus, TranscriptRun
@@ -155,7 +155,7 @@ def _create_rows(
         )
         sync = mode == RunMode.SYNC
         job = job_enqueue(
-            job_type=JOB_TYPE_SYNC if sync else JOB_TYPE_ASYNC,
+            job_type=JOB_TYPE_SYNC if sync else _async_job_type(audio),
             run_id=run.pk,
             priority=options.priority,
             # This web process starts it: no worker cluster may pick it meanwhile.
@@ -165,6 +165,12 @@ def _create_rows(
         if not sync and Job.objects.waiting().filter(priority__lt=job.priority).exists():
             announce_queue_positions()  # it jumped ahead of others
     return run
+
+
+def _async_job_type(audio: Audio) -> str:
+    """A long run is cut into chunks that the whole cluster shares (transcription/chunks.py);
+    any other is one job."""
+    return chunks.JOB_TYPE_SPLIT if chunks.should_split(audio.duration_ms) else JOB_TYPE_ASYNC
 
 
 # --- Storing an upload -------------------------------------------------------------------
@@ -354,6 +360,7 @@ def run_cancel(*, run: TranscriptRun) -> TranscriptRun:
         if TranscriptRun.objects.filter(pk=run.pk, status=RunStatus.QUEUED).update(
             status=RunStatus.CANCELLED, cancel_requested_at=now, finished_at=now
         ):
+            chunks.stop_queued_chunks(run)  # a retried run's chunks, waiting for a worker
             run.jobs.filter(status=JobStatus.QUEUED).update(
                 status=JobStatus.CANCELLED, finished_at=now, picked_by="", picked_until=None
             )
@@ -364,6 +371,17 @@ def run_cancel(*, run: TranscriptRun) -> TranscriptRun:
         if TranscriptRun.objects.filter(
             pk=run.pk, status=RunStatus.PROCESSING, cancel_requested_at__isnull=True
         ).update(cancel_requested_at=now):
+            if run.chunks.exists():
+                # Split into chunks: its queued chunks never start, those in flight stop at
+                # their next segment, and the run ends now, whether any chunk runs or not.
+                chunks.stop_queued_chunks(run)
+                TranscriptRun.objects.filter(pk=run.pk).update(
+                    status=RunStatus.CANCELLED, finished_at=now, estimated_finish_at=None
+                )
+                run.refresh_from_db()
+                publish_finished(run)
+                announce_queue_positions()
+                return run
             run.refresh_from_db()
             return run
     run.refresh_from_db()
@@ -401,9 +419,13 @@ def run_retry(*, run: TranscriptRun) -> TranscriptRun:
             raise Conflict(
                 "audio_purged", "The audio of this run was deleted by retention; upload it again."
             )
-        job_enqueue(job_type=JOB_TYPE_ASYNC, run_id=run.pk, priority=run.priority)
+        # A run split into chunks redoes only those that did not succeed; any other run (or
+        # one whose split never finished) starts again from its audio.
+        if not chunks.chunks_retry(run):
+            job_enqueue(job_type=_async_job_type(run.audio), run_id=run.pk, priority=run.priority)
         run.refresh_from_db()
-        publish(run, "update")
+        if run.status == RunStatus.QUEUED:
+            publish(run, "update")
         announce_queue_positions()
     return run
 
@@ -414,7 +436,9 @@ def run_delete(*, run: TranscriptRun) -> None:
         raise Conflict("run_active", "Cancel the run before deleting it.")
     audio = run.audio
     with transaction.atomic():
+        pieces = list(run.chunks.values_list("stored_name", flat=True))
         run.delete()
+        storage.delete_later(pieces)  # a failed or cancelled run's chunks kept theirs
         if not audio.runs.exists():
             audio.delete()
             storage.delete_later([audio.stored_name])
