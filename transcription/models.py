@@ -386,6 +386,7 @@ def _waiting_with_places() -> QuerySet[WithAnnotations[Job, _Place]]:
                     Coalesce(
                         F("run_chunk__end_ms") - F("run_chunk__start_ms"),
                         F("run__audio__duration_ms"),
+                        output_field=models.BigIntegerField(),
                     )
                 ),
                 order_by=CLAIM_ORDER,
