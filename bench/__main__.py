@@ -200,6 +200,21 @@ def wer_rows(found: dict[str, Any]) -> list[Row]:
     return [*rows, bound("worst WER gap, batched - sequential", gap, "points", 1)]
 
 
+def chunked_rows(found: dict[str, Any]) -> list[Row]:
+    """One cluster against two on a split run: the second column is two clusters, the third
+    one cluster (not faster-whisper alone), so the ratio is the speed-up's inverse."""
+    minutes = f"{found['audio_minutes']:g} min in {found['pieces']} pieces"
+    return [
+        Row(
+            f"{minutes}: two 1-thread clusters (vs one)",
+            found["two_clusters_s"],
+            found["one_cluster_s"],
+            limit=0.6,
+        ),
+        bound("split WER - unsplit WER", found["wer_gap_points"], "points", 1),
+    ]
+
+
 def peaks_rows(found: dict[str, Any]) -> list[Row]:
     sizes = found["sizes"]
     span = f"{sizes[0]['minutes']:g} → {sizes[-1]['minutes']:g} min"
@@ -233,6 +248,8 @@ REGISTRY: list[Entry] = [
           "GET /api/runs and /progress while a long job runs"),
     Entry("sse_fanout", "sse_fanout", "measure", generic_rows,
           "1,000 watchers of one run: connect time, delivery p99"),
+    Entry("chunked", "chunked", "measure", chunked_rows,
+          "20 min split across one, then two 1-thread worker clusters"),
     Entry("peaks", "memory", "measure_peaks", peaks_rows,
           "peak memory for 1, 30 and 120 min of audio", in_all=False),
     Entry("soak", "soak", "measure", soak_rows,

@@ -1,0 +1,99 @@
+"""Benchmark: a 20-minute recording split across the cluster, one worker cluster against two.
+
+On a fresh data directory (SQLite, or the DATABASE_URL / REDIS_URL you give it), with the
+default chunk settings (runs over CHUNK_LONGER_THAN_SECONDS=900 are cut into pieces of about
+CHUNK_SECONDS=300): one web process and one worker cluster of one process and one thread
+(MAX_CONCURRENT_JOBS=1, WHISPER_CPU_THREADS=1) transcribe the file, upload → `done` on its
+event stream; then a second such cluster joins the same server and the same file is sent
+again. On a 2-core machine the two clusters have a core each: the target is that two take
+at most 0.6 of the time one takes. The first cluster's model is loaded by its first chunk,
+in the first measurement; the second cluster loads its own in the second.
+
+Then faster-whisper alone (bench/raw.py) transcribes the file unsplit, both cores, batched
+as a worker's job would be, and the word error rates of both transcripts against the
+reference (jfk.flac's words, said again and again) are compared.
+
+Usage: .venv/bin/python -m bench chunked [--quick]   (--quick: 5 minutes, 75 s pieces)
+   or: .venv/bin/python bench/chunked.py [--quick]   (the figures as JSON)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.harness import (
+    Service,
+    fresh_stack,
+    log,
+    repeats_for,
+    speech_file,
+    start_worker,
+    stop_process,
+    whisper_alone,
+)
+from bench.wer import JFK_REFERENCE, word_error_rate
+
+ONE_THREAD_CLUSTER = {"MAX_CONCURRENT_JOBS": "1", "WHISPER_CPU_THREADS": "1"}
+QUICK_CHUNKS = {"CHUNK_LONGER_THAN_SECONDS": "120", "CHUNK_SECONDS": "75"}
+
+
+def upload_to_done(service: Service, audio: Path) -> tuple[float, dict[str, Any]]:
+    """Seconds from sending the upload to reading `done` on its stream; the finished run."""
+    started = time.perf_counter()
+    run = service.submit(audio)
+    service.follow_until_done(run, timeout=1800)
+    seconds = time.perf_counter() - started
+    return seconds, service.run(run["runId"])
+
+
+def measure(*, quick: bool = False) -> dict[str, Any]:
+    minutes = 5 if quick else 20
+    audio = speech_file(repeats_for(minutes))
+    chunks = QUICK_CHUNKS if quick else {}
+    with fresh_stack("chunked", **chunks) as stack:
+        with Service.start(stack, "one", **ONE_THREAD_CLUSTER) as service:
+            log(f"chunked: {audio.minutes:.1f} min, one cluster")
+            one, run_one = upload_to_done(service, audio)
+            log(f"chunked: one cluster {one:.1f} s; a second cluster joins")
+            second = start_worker({**stack.env, **ONE_THREAD_CLUSTER}, stack.logs, "worker-two")
+            try:
+                two, run_two = upload_to_done(service, audio)
+            finally:
+                stop_process(second, 90)
+            log(f"chunked: two clusters {two:.1f} s")
+        log("chunked: faster-whisper alone, unsplit")
+        unsplit = whisper_alone(audio.path, 1, stack.env)
+    reference = " ".join([JFK_REFERENCE] * audio.repeats)
+    split_wer = word_error_rate(reference, run_two["text"])
+    unsplit_wer = word_error_rate(reference, unsplit.text)
+    return {
+        "audio_minutes": round(audio.minutes, 2),
+        "chunk_settings": chunks or "defaults (900 / 300)",
+        "pieces": sum(job["jobType"] == "transcribe_chunk" for job in run_two["jobs"]),
+        "one_cluster_s": round(one, 2),
+        "two_clusters_s": round(two, 2),
+        "ratio": round(two / one, 3),
+        "split_wer": round(split_wer, 4),
+        "split_wer_one_cluster": round(word_error_rate(reference, run_one["text"]), 4),
+        "unsplit_wer": round(unsplit_wer, 4),
+        "wer_gap_points": round(100 * (split_wer - unsplit_wer), 2),
+        "unsplit_whisper_alone_s": round(unsplit.seconds[0], 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    print(json.dumps(measure(quick=args.quick), indent=2))
+
+
+if __name__ == "__main__":
+    main()
