@@ -321,13 +321,13 @@ class QueueSnapshot:
 
     @classmethod
     def _read(cls, waiting: QuerySet[WithAnnotations[Job, _Place]]) -> QueueSnapshot:
-        places = {
-            run_id: QueuePlace(position, audio_ms_ahead or 0)
-            for run_id, position, audio_ms_ahead in waiting.values_list(
-                "run_id", "position", "audio_ms_ahead"
-            )
-            if run_id is not None
-        }
+        places: dict[uuid.UUID, QueuePlace] = {}
+        for run_id, position, audio_ms_ahead in waiting.values_list(
+            "run_id", "position", "audio_ms_ahead"
+        ):
+            # A run queued again with several chunk jobs is as far as its first one.
+            if run_id is not None and (run_id not in places or position < places[run_id].position):
+                places[run_id] = QueuePlace(position, audio_ms_ahead or 0)
         if not places:
             return cls({})
         processes = Worker.objects.alive().aggregate(n=Sum("processes"))["n"]
