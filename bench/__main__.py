@@ -201,8 +201,9 @@ def wer_rows(found: dict[str, Any]) -> list[Row]:
 
 
 def chunked_rows(found: dict[str, Any]) -> list[Row]:
-    """One cluster against two on a split run: the second column is two clusters, the third
-    one cluster (not faster-whisper alone), so the ratio is the speed-up's inverse."""
+    """One cluster against two on a split run: here the third column is one cluster (not
+    faster-whisper alone), so the ratio is the speed-up's inverse; then the split against
+    the unsplit run on one cluster (the split's cost), and their word error rates."""
     minutes = f"{found['audio_minutes']:g} min in {found['pieces']} pieces"
     return [
         Row(
@@ -210,6 +211,11 @@ def chunked_rows(found: dict[str, Any]) -> list[Row]:
             found["two_clusters_s"],
             found["one_cluster_s"],
             limit=0.6,
+        ),
+        Row(
+            f"{minutes}: one 1-thread cluster, split (vs unsplit)",
+            found["one_cluster_s"],
+            found["unsplit_one_cluster_s"],
         ),
         bound("split WER - unsplit WER", found["wer_gap_points"], "points", 1),
     ]

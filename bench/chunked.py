@@ -9,9 +9,10 @@ again. On a 2-core machine the two clusters have a core each: the target is that
 at most 0.6 of the time one takes. The first cluster's model is loaded by its first chunk,
 in the first measurement; the second cluster loads its own in the second.
 
-Then faster-whisper alone (bench/raw.py) transcribes the file unsplit, both cores, batched
-as a worker's job would be, and the word error rates of both transcripts against the
-reference (jfk.flac's words, said again and again) are compared.
+Then the same cluster transcribes the file unsplit (through a web process with
+CHUNK_LONGER_THAN_SECONDS=0): the split's cost on one cluster, and the word error rates of
+the split and the unsplit transcripts against the reference (jfk.flac's words, said again and
+again), which should be within a point of each other.
 
 Usage: .venv/bin/python -m bench chunked [--quick]   (--quick: 5 minutes, 75 s pieces)
    or: .venv/bin/python bench/chunked.py [--quick]   (the figures as JSON)
@@ -34,9 +35,9 @@ from bench.harness import (
     log,
     repeats_for,
     speech_file,
+    start_web,
     start_worker,
     stop_process,
-    whisper_alone,
 )
 from bench.wer import JFK_REFERENCE, word_error_rate
 
@@ -62,21 +63,29 @@ def measure(*, quick: bool = False) -> dict[str, Any]:
     with fresh_stack(
         "chunked", CHUNK_LONGER_THAN_SECONDS=longer_than, CHUNK_SECONDS=seconds
     ) as stack:
+        env = {**stack.env, **ONE_THREAD_CLUSTER}
         with Service.start(stack, "one", **ONE_THREAD_CLUSTER) as service:
-            log(f"chunked: {audio.minutes:.1f} min, one cluster")
+            log(f"chunked: {audio.minutes:.1f} min, split, one cluster")
             one, run_one = upload_to_done(service, audio.path)
             log(f"chunked: one cluster {one:.1f} s; a second cluster joins")
-            second = start_worker({**stack.env, **ONE_THREAD_CLUSTER}, stack.logs, "worker-two")
+            second = start_worker(env, stack.logs, "worker-two")
             try:
                 two, run_two = upload_to_done(service, audio.path)
             finally:
                 stop_process(second, 90)
-            log(f"chunked: two clusters {two:.1f} s")
-        log("chunked: faster-whisper alone, unsplit")
-        unsplit = whisper_alone(audio.path, 1, stack.env)
+            log(f"chunked: two clusters {two:.1f} s; unsplit, one cluster")
+            # The split is decided at upload: a web process that never splits, same cluster.
+            web, base = start_web({**env, "CHUNK_LONGER_THAN_SECONDS": "0"}, stack.logs, "web-0")
+            unsplit_service = Service(stack=stack, web=web, worker=service.worker, base=base)
+            try:
+                whole, run_whole = upload_to_done(unsplit_service, audio.path)
+            finally:
+                unsplit_service.client.close()
+                stop_process(web, 15)
+            log(f"chunked: unsplit, one cluster {whole:.1f} s")
     reference = " ".join([JFK_REFERENCE] * audio.repeats)
     split_wer = word_error_rate(reference, run_two["text"])
-    unsplit_wer = word_error_rate(reference, unsplit.text)
+    unsplit_wer = word_error_rate(reference, run_whole["text"])
     return {
         "audio_minutes": round(audio.minutes, 2),
         "chunk_longer_than_seconds": int(longer_than),
@@ -85,11 +94,11 @@ def measure(*, quick: bool = False) -> dict[str, Any]:
         "one_cluster_s": round(one, 2),
         "two_clusters_s": round(two, 2),
         "ratio": round(two / one, 3),
+        "unsplit_one_cluster_s": round(whole, 2),
         "split_wer": round(split_wer, 4),
         "split_wer_one_cluster": round(word_error_rate(reference, run_one["text"]), 4),
         "unsplit_wer": round(unsplit_wer, 4),
         "wer_gap_points": round(100 * (split_wer - unsplit_wer), 2),
-        "unsplit_whisper_alone_s": round(unsplit.seconds[0], 2),
     }
 
 
