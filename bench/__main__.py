@@ -218,6 +218,11 @@ def chunked_rows(found: dict[str, Any]) -> list[Row]:
             found["unsplit_one_cluster_s"],
         ),
         bound("split WER - unsplit WER", found["wer_gap_points"], "points", 1),
+        Row(
+            "this machine: 2 pieces on two 1-thread faster-whisper processes (vs on one)",
+            found["machine_ceiling"]["two_processes_s"],
+            2 * found["machine_ceiling"]["one_process_s"],
+        ),
     ]
 
 

@@ -12,7 +12,10 @@ in the first measurement; the second cluster loads its own in the second.
 Then the same cluster transcribes the file unsplit (through a web process with
 CHUNK_LONGER_THAN_SECONDS=0): the split's cost on one cluster, and the word error rates of
 the split and the unsplit transcripts against the reference (jfk.flac's words, said again and
-again), which should be within a point of each other.
+again), which should be within a point of each other. Last, faster-whisper alone on a
+piece's worth of speech, in one one-thread process and then in two at once: the best ratio
+this machine allows two clusters on the chunks' share of the work (on the 2-core VM it was
+measured on, two processes side by side each took 1.6-1.75 times as long as one alone).
 
 Usage: .venv/bin/python -m bench chunked [--quick]   (--quick: 5 minutes, 75 s pieces)
    or: .venv/bin/python bench/chunked.py [--quick]   (the figures as JSON)
@@ -24,6 +27,7 @@ import argparse
 import json
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +42,7 @@ from bench.harness import (
     start_web,
     start_worker,
     stop_process,
+    whisper_alone,
 )
 from bench.wer import JFK_REFERENCE, word_error_rate
 
@@ -54,6 +59,25 @@ def upload_to_done(service: Service, audio: Path) -> tuple[float, dict[str, Any]
     service.follow_until_done(run, timeout=1800)
     seconds = time.perf_counter() - started
     return seconds, service.run(run["runId"])
+
+
+def machine_ceiling(env: dict[str, str], minutes: float) -> dict[str, float]:
+    """What two one-thread processes give on this machine without the service: faster-whisper
+    alone (bench/raw.py, batched as a worker's job) on a piece's worth of speech, in one
+    process, then in two processes at once. `ratio` is the best two clusters can do against
+    one on the chunks' part of the work: the time of two pieces side by side against two
+    pieces one after the other."""
+    piece = speech_file(repeats_for(minutes)).path
+    alone = whisper_alone(piece, 2, env).seconds[-1]  # the first pass warms the caches
+    with ThreadPoolExecutor(2) as pool:
+        pair = list(pool.map(lambda _: whisper_alone(piece, 2, env), range(2)))
+    side_by_side = max(raw.seconds[-1] for raw in pair)
+    return {
+        "piece_minutes": minutes,
+        "one_process_s": round(alone, 2),
+        "two_processes_s": round(side_by_side, 2),
+        "ratio": round(side_by_side / (2 * alone), 3),
+    }
 
 
 def measure(*, quick: bool = False) -> dict[str, Any]:
@@ -82,7 +106,8 @@ def measure(*, quick: bool = False) -> dict[str, Any]:
             finally:
                 unsplit_service.client.close()
                 stop_process(web, 15)
-            log(f"chunked: unsplit, one cluster {whole:.1f} s")
+            log(f"chunked: unsplit, one cluster {whole:.1f} s; faster-whisper alone, 1 and 2")
+        ceiling = machine_ceiling(env, int(seconds) / 60)
     reference = " ".join([JFK_REFERENCE] * audio.repeats)
     split_wer = word_error_rate(reference, run_two["text"])
     unsplit_wer = word_error_rate(reference, run_whole["text"])
@@ -99,6 +124,7 @@ def measure(*, quick: bool = False) -> dict[str, Any]:
         "split_wer_one_cluster": round(word_error_rate(reference, run_one["text"]), 4),
         "unsplit_wer": round(unsplit_wer, 4),
         "wer_gap_points": round(100 * (split_wer - unsplit_wer), 2),
+        "machine_ceiling": ceiling,
     }
 
 
