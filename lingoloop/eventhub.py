@@ -74,9 +74,17 @@ class StoredEvent(Protocol):
 # burst (queue positions announced to a user channel).
 MAX_PENDING = 200
 
-# The pub/sub channel and message keys of django-eventstream's own Redis publisher and
-# subscriber (eventstream.send_event, views.RedisListener): the hub speaks the same protocol.
-REDIS_PUBSUB_CHANNEL = "events_channel"
+# The message keys of django-eventstream's own Redis publisher and subscriber
+# (eventstream.send_event, views.RedisListener): the hub speaks the same protocol, on a
+# channel of its own (settings.EVENTS_REDIS_CHANNEL), not eventstream's fixed
+# "events_channel": pub/sub ignores Redis's database numbers, so two installations on one
+# Redis would otherwise hear each other's events (users with the same id, the same channels).
+DJANGO_EVENTSTREAM_CHANNEL = "events_channel"
+
+
+def redis_channel() -> str:
+    return str(settings.EVENTS_REDIS_CHANNEL)
+
 
 _storage = DjangoModelStorage()
 
@@ -587,7 +595,7 @@ class RedisPublisher:
         if time.monotonic() < self._open_until:
             return False
         try:
-            self._redis().publish(REDIS_PUBSUB_CHANNEL, _redis_message(stored))
+            self._redis().publish(redis_channel(), _redis_message(stored))
             return True
         except Exception as exc:
             with self._lock:
@@ -636,7 +644,7 @@ class RedisSubscriber:
             client = Redis(**options)
             try:
                 async with client.pubsub() as pubsub:
-                    await pubsub.subscribe(REDIS_PUBSUB_CHANNEL)
+                    await pubsub.subscribe(redis_channel())
                     self.connected, backoff = True, 0.5
                     await self._receive(pubsub)
             except asyncio.CancelledError:

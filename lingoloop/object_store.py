@@ -46,6 +46,7 @@ def s3_storage(
             "file_overwrite": True,
             "default_acl": None,
             "client_config": Config(
+                signature_version="s3v4",
                 connect_timeout=timeout_seconds,
                 read_timeout=timeout_seconds,
                 retries={"max_attempts": 2, "mode": "standard"},

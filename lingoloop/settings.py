@@ -216,6 +216,12 @@ if REDIS_URL:
     # EVENTSTREAM_REDIS: django-eventstream's own Redis path retries a dead Redis for seconds
     # per event and never reconnects its listener.
     EVENTS_REDIS = _redis_kwargs(REDIS_URL)
+# Redis pub/sub has one space of channels whatever the database number: the channel is named
+# after REDIS_URL's database, so installations on other databases of one Redis stay apart.
+EVENTS_REDIS_CHANNEL = env_str(
+    "EVENTS_REDIS_CHANNEL",
+    f"lingoloop-events-db{EVENTS_REDIS['db']}" if REDIS_URL else "lingoloop-events",
+)
 # The cache holds nothing that must be shared or must survive: upload limits are counted in
 # the run table and login failures in axes' table, so a Redis outage cannot fail a request
 # through the cache. Process memory, for web and worker alike; django-q2 keeps its cluster
@@ -447,8 +453,9 @@ os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(PROMETHEUS_MULTIPROC_DIR)
 # written only through transcription/storage.py; never served by the store except through
 # short-lived signed URLs, to the owner's audio player.
 AUDIO_STORAGE = env_choice("AUDIO_STORAGE", "local", ("local", "s3"))
-# How long a signed URL of an owner's audio stays good (s3 only).
-AUDIO_URL_SECONDS = env_int("AUDIO_URL_SECONDS", 300, minimum=10)
+# How long a signed URL of an owner's audio stays good (s3 only). 0: no signed URLs, the web
+# process streams the audio from the store (for a store that browsers cannot reach).
+AUDIO_URL_SECONDS = env_int("AUDIO_URL_SECONDS", 300, minimum=0)
 S3_BUCKET = env_str("S3_BUCKET")
 # Empty for AWS itself; the store's URL for anything else (http://minio.internal:9000).
 S3_ENDPOINT_URL = env_str("S3_ENDPOINT_URL")
@@ -485,7 +492,8 @@ if AUDIO_STORAGE == "s3":
         timeout_seconds=S3_TIMEOUT_SECONDS,
     )
     # The owner's audio player follows a redirect to a signed URL on the store.
-    _store_origins = object_store.origins(S3_ENDPOINT_URL, S3_ADDRESSING_STYLE)
+    if AUDIO_URL_SECONDS > 0:
+        _store_origins = object_store.origins(S3_ENDPOINT_URL, S3_ADDRESSING_STYLE)
 
 # --- Security headers and login throttling ------------------------------------------------
 

@@ -57,6 +57,7 @@ def _own_redis_database() -> None:
     os.environ["REDIS_URL"] = settings.REDIS_URL = parsed._replace(path=f"/{db}").geturl()
     if getattr(settings, "EVENTS_REDIS", None):
         settings.EVENTS_REDIS = {**settings.EVENTS_REDIS, "db": db}
+        settings.EVENTS_REDIS_CHANNEL = f"lingoloop-events-db{db}"  # as the settings name it
 
 
 _own_redis_database()
@@ -249,13 +250,16 @@ class Processes:
         self.logs = logs
         self.started: list[tuple[subprocess.Popen[bytes], Path]] = []
 
-    def env(self, **extra: str) -> dict[str, str]:
+    def env(self, *, data_dir: Path | None = None, **extra: str) -> dict[str, str]:
+        """The environment of a started process: the test database and secret key, and
+        `data_dir` (the test's own DATA_DIR unless given: a process "on another machine")."""
+        data_dir = data_dir or self.data_dir
         env = {
             **os.environ,
             "DATABASE_URL": _database_url(),
-            "DATA_DIR": str(self.data_dir),
+            "DATA_DIR": str(data_dir),
             # Not this test process's folder (the settings put it in os.environ).
-            "PROMETHEUS_MULTIPROC_DIR": str(self.data_dir / "metrics"),
+            "PROMETHEUS_MULTIPROC_DIR": str(data_dir / "metrics"),
             "SECRET_KEY": settings.SECRET_KEY,
             "POLL_INTERVAL": "100",
             "LOG_LEVEL": "INFO",
@@ -263,6 +267,13 @@ class Processes:
         }
         env.update(extra)
         return env
+
+    def start(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        """Any command (nginx…), in its own process group, logged and stopped like the rest."""
+        return self._start(name, args, env)
+
+    def log_of(self, process: subprocess.Popen[bytes]) -> Path:
+        return next(log for started, log in self.started if started is process)
 
     def _start(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         log = self.logs / f"{name}-{len(self.started)}.log"
@@ -277,9 +288,11 @@ class Processes:
         self.started.append((process, log))
         return process
 
-    def worker(self, **extra_env: str) -> subprocess.Popen[bytes]:
+    def worker(self, *, data_dir: Path | None = None, **extra_env: str) -> subprocess.Popen[bytes]:
         process = self._start(
-            "worker", [sys.executable, "manage.py", "worker"], self.env(**extra_env)
+            "worker",
+            [sys.executable, "manage.py", "worker"],
+            self.env(data_dir=data_dir, **extra_env),
         )
         log = self.started[-1][1]
         wait_until(
@@ -290,12 +303,12 @@ class Processes:
         assert process.poll() is None, log.read_text(errors="replace")
         return process
 
-    def web(self, **extra_env: str) -> str:
+    def web(self, *, data_dir: Path | None = None, **extra_env: str) -> str:
         port = free_port()
         process = self._start(
             "web",
             [sys.executable, "-m", "lingoloop.server", "-b", "127.0.0.1", "-p", str(port)],
-            self.env(**extra_env),
+            self.env(data_dir=data_dir, **extra_env),
         )
         base = f"http://127.0.0.1:{port}"
 

@@ -22,6 +22,8 @@ class Event:
     name: str
     id: str | None
     data: dict[str, Any]
+    # When this client had read the whole event (time.time()), to compare with when it was made.
+    received_at: float = 0.0
 
 
 class EventStream:
@@ -71,7 +73,9 @@ class EventStream:
             line = raw.decode().rstrip("\r\n")
             if line == "":
                 if data and not self._closing:
-                    self.events.append(Event(name, event_id, json.loads("\n".join(data))))
+                    self.events.append(
+                        Event(name, event_id, json.loads("\n".join(data)), time.time())
+                    )
                 name, event_id, data = "message", None, []
             elif not line.startswith(":"):
                 field, _, value = line.partition(":")

@@ -186,7 +186,7 @@ def test_the_hub_reads_what_django_eventstreams_publisher_sends(monkeypatch):
     eventstream.send_event(CHANNEL, "update", {"n": 1})
 
     [(redis_channel, message)] = publisher.published
-    assert redis_channel == eventhub.REDIS_PUBSUB_CHANNEL
+    assert redis_channel == eventhub.DJANGO_EVENTSTREAM_CHANNEL  # the format is the contract
     event = eventhub._event_from_redis_message(message)
     assert (event.channel, event.type, event.id) == (CHANNEL, "update", 1)
     assert eventhub.payload(event) == {"n": 1}
@@ -223,6 +223,8 @@ def test_django_eventstreams_subscriber_reads_what_the_hub_publishes():
             eventhub._listener_manager().remove_listener(listener)
 
     [received] = asyncio.run(main())
-    assert pubsub.subscribed == [eventhub.REDIS_PUBSUB_CHANNEL]
+    assert pubsub.subscribed == [
+        eventhub.DJANGO_EVENTSTREAM_CHANNEL
+    ]  # its own; the format is shared
     assert (received.channel, received.type, received.data) == (CHANNEL, "update", '{"n": 1}')
     assert int(received.id) == 4

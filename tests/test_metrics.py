@@ -362,6 +362,12 @@ def test_counters_of_killed_processes_still_count_and_their_open_streams_do_not(
     job = job_enqueue(job_type="test.slow")
     doomed = service.worker(**TEST_JOBS, JOB_LEASE_SECONDS="3", TEST_SLOW_SECONDS="600")
     wait_until(lambda: Job.objects.get(pk=job.pk).status == JobStatus.PROCESSING, 60, "a claim")
+    # The claim commits a moment before the attempt is counted: kill after both.
+    wait_until(
+        lambda: value(scrape(), "lingoloop_job_attempts_total", job_type="test.slow") == 1,
+        30,
+        "the attempt to be counted",
+    )
     os.killpg(doomed.pid, signal.SIGKILL)  # the whole cluster, and the attempt it counted
     doomed.wait()
     service.worker(**{**TEST_JOBS, "TEST_SLOW_SECONDS": "0.2"})

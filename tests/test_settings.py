@@ -77,3 +77,26 @@ def test_models_and_migrations_agree(tmp_path):
     )
 
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_installations_on_two_databases_of_one_redis_publish_on_channels_of_their_own(tmp_path):
+    """Redis pub/sub ignores the database number: the events channel is named after it."""
+    code = "from django.conf import settings; print(settings.EVENTS_REDIS_CHANNEL)"
+    names = []
+    for url in ("redis://127.0.0.1:6379/3", "redis://127.0.0.1:6379/4"):
+        shown = subprocess.run(
+            [sys.executable, "-c", f"import django; django.setup(); {code}"],
+            cwd=ROOT,
+            env={
+                **os.environ,
+                "REDIS_URL": url,
+                "DATA_DIR": str(tmp_path),
+                "DJANGO_SETTINGS_MODULE": "lingoloop.settings",
+            },
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert shown.returncode == 0, shown.stderr
+        names.append(shown.stdout.strip())
+    assert names == ["lingoloop-events-db3", "lingoloop-events-db4"]

@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.db.models.signals import post_delete
 
 
 class TranscriptionConfig(AppConfig):
@@ -20,7 +21,8 @@ class TranscriptionConfig(AppConfig):
             TranscribeHandler,
             retention_is_on,
         )
-        from transcription.storage import delete_pending
+        from transcription.models import Audio
+        from transcription.storage import delete_pending, stored_row_deleted
 
         register(TranscribeHandler(JOB_TYPE_ASYNC))
         register(TranscribeHandler(JOB_TYPE_SYNC))
@@ -30,3 +32,4 @@ class TranscriptionConfig(AppConfig):
         register(PurgeAudioHandler(), every=PURGE_EVERY, when=retention_is_on)
         register_housekeeping(deliver_stranded_events)
         register_housekeeping(delete_pending)
+        post_delete.connect(stored_row_deleted, sender=Audio, dispatch_uid="audio-file")

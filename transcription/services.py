@@ -106,7 +106,7 @@ def run_submit(
         return run, True
     finally:
         if run is None and stored is not None:  # refused, or it lost the race
-            storage.delete_later([stored.name])
+            storage.discard(stored.name)
         spooled.unlink(missing_ok=True)  # on a local folder it was moved already
 
 
@@ -440,8 +440,7 @@ def run_delete(*, run: TranscriptRun) -> None:
         run.delete()
         storage.delete_later(pieces)  # a failed or cancelled run's chunks kept theirs
         if not audio.runs.exists():
-            audio.delete()
-            storage.delete_later([audio.stored_name])
+            audio.delete()  # and its file, after the commit (storage.stored_row_deleted)
 
 
 # --- Corrections of a finished transcript ----------------------------------------------------

@@ -201,6 +201,7 @@ def exists(name: str) -> bool:
 
 
 def size(name: str) -> int:
+    """The stored file's size in bytes; StoredFileMissing when there is none."""
     with _store_errors("measure", name):
         try:
             return int(audio_storage().size(name))
@@ -208,11 +209,34 @@ def size(name: str) -> int:
             raise StoredFileMissing(name) from None
 
 
-def signed_url(name: str, *, content_type: str) -> str | None:
-    """A short-lived URL at which the store itself serves `name`, or None where the web
-    process serves it (a local folder)."""
+def read_range(name: str, start: int, length: int, *, piece: int = 256 * 1024) -> Iterator[bytes]:
+    """The bytes `start` to `start + length` of a stored file, a piece at a time (blocking:
+    iterate it off the event loop)."""
     storage = audio_storage()
     if is_local(storage):
+        with open(storage.path(name), "rb") as handle:
+            handle.seek(start)
+            while length > 0 and (data := handle.read(min(piece, length))):
+                length -= len(data)
+                yield data
+        return
+    from storages.utils import clean_name
+
+    # django-storages names the object this way for every call; it has no public range read.
+    key = storage._normalize_name(clean_name(name))  # type: ignore[attr-defined]
+    with _store_errors("read", name):
+        body = storage.bucket.Object(key).get(Range=f"bytes={start}-{start + length - 1}")["Body"]  # type: ignore[attr-defined]
+    try:
+        yield from body.iter_chunks(piece)
+    finally:
+        body.close()
+
+
+def signed_url(name: str, *, content_type: str) -> str | None:
+    """A short-lived URL at which the store itself serves `name`, or None where the web
+    process serves it: a local folder, or a store browsers cannot reach (AUDIO_URL_SECONDS=0)."""
+    storage = audio_storage()
+    if is_local(storage) or settings.AUDIO_URL_SECONDS == 0:
         return None
     with _store_errors("sign", name):
         return str(
@@ -237,6 +261,26 @@ def delete_later(names: Iterable[str]) -> None:
         [PendingDeletion(name=name) for name in names], ignore_conflicts=True
     )
     transaction.on_commit(lambda: _delete_now(names))
+
+
+def discard(name: str) -> None:
+    """Delete a stored file that no row names (an upload refused after it was kept): now,
+    or, when the store refuses, later by the housekeeping."""
+    try:
+        with _store_errors("delete", name):
+            audio_storage().delete(name)
+    except StoredFileMissing:
+        pass
+    except StorageUnavailable:
+        PendingDeletion.objects.get_or_create(
+            name=name, defaults={"attempts": 1, "last_tried_at": timezone.now()}
+        )
+
+
+def stored_row_deleted(sender: type, instance: Any, **kwargs: Any) -> None:
+    """post_delete of a row that names a stored file (Audio): however the row goes (the API,
+    a user deleted with everything they own), its file goes after the commit."""
+    delete_later([instance.stored_name])
 
 
 def _delete_now(names: list[str]) -> int:

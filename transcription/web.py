@@ -11,7 +11,6 @@ import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlencode
 
@@ -317,18 +316,13 @@ def byte_range(header: str, size: int) -> tuple[int, int] | None:
     return start, end
 
 
-async def _file_chunks(path: str, start: int, length: int) -> AsyncIterator[bytes]:
-    # An async iterator: under ASGI a sync one would be read whole into memory first.
-    read_in_thread = sync_to_async(lambda handle, n: handle.read(n), thread_sensitive=False)
-    with open(path, "rb") as handle:  # opening is instant; the reads run off the event loop
-        handle.seek(start)
-        remaining = length
-        while remaining > 0:
-            chunk = await read_in_thread(handle, min(AUDIO_CHUNK_BYTES, remaining))
-            if not chunk:
-                break
-            remaining -= len(chunk)
-            yield chunk
+async def _stored_chunks(name: str, start: int, length: int) -> AsyncIterator[bytes]:
+    # An async iterator: under ASGI a sync one would be read whole into memory first. Each
+    # piece is read off the event loop.
+    pieces = storage.read_range(name, start, length, piece=AUDIO_CHUNK_BYTES)
+    read = sync_to_async(lambda: next(pieces, None), thread_sensitive=False)
+    while (chunk := await read()) is not None:
+        yield chunk
 
 
 @login_required
@@ -340,22 +334,20 @@ def run_audio(request: HttpRequest, run_id: uuid.UUID) -> HttpResponseBase:
             "The audio of this run was deleted by the retention policy; the transcript remains.",
             content_type="text/plain; charset=utf-8",
         )
-    missing = HttpResponseNotFound(
-        "The audio file of this run is missing from storage.",
-        content_type="text/plain; charset=utf-8",
-    )
     try:
         signed = storage.signed_url(audio.stored_name, content_type=audio.content_type)
         if signed is not None:  # an object store serves it itself, for a few minutes
             response: HttpResponseBase = HttpResponseRedirect(signed)
             response["Cache-Control"] = "private, no-store"
             return response
-        path = Path(storage.audio_storage().path(audio.stored_name))
-        if not path.is_file():
-            return missing
+        size = storage.size(audio.stored_name)
+    except storage.StoredFileMissing:
+        return HttpResponseNotFound(
+            "The audio file of this run is missing from storage.",
+            content_type="text/plain; charset=utf-8",
+        )
     except storage.StorageUnavailable as exc:
         return HttpResponse(exc.message, status=503, content_type="text/plain; charset=utf-8")
-    size = path.stat().st_size
     try:
         wanted = byte_range(request.headers.get("Range", ""), size)
     except ValueError:
@@ -364,7 +356,7 @@ def run_audio(request: HttpRequest, run_id: uuid.UUID) -> HttpResponseBase:
         return refusal
     start, end = wanted if wanted is not None else (0, size - 1)
     response = StreamingHttpResponse(
-        _file_chunks(str(path), start, end - start + 1),
+        _stored_chunks(audio.stored_name, start, end - start + 1),
         status=206 if wanted is not None else 200,
         content_type=audio.content_type or "application/octet-stream",
     )
