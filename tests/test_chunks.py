@@ -240,7 +240,8 @@ def test_cancel_mid_way_stops_every_chunk_and_ends_the_run_at_once(service, tmp_
     assert waiting, "no chunk was left to cancel"
     # The chunks still waiting at the cancel never started.
     assert {(j.status, j.attempts) for j in jobs if j.pk in waiting} == {(JobStatus.CANCELLED, 0)}
-    assert JobStatus.CANCELLED in {j.status for j in jobs if j.pk not in waiting}  # in flight
+    # The one in flight stopped at its next segment, or, if it had none left, finished and
+    # kept its result (for a retry): the subset above.
     never_happens(
         lambda: Job.objects.filter(run_id=run_id, status=JobStatus.PROCESSING).exists(),
         1,
