@@ -200,6 +200,32 @@ def wer_rows(found: dict[str, Any]) -> list[Row]:
     return [*rows, bound("worst WER gap, batched - sequential", gap, "points", 1)]
 
 
+def chunked_rows(found: dict[str, Any]) -> list[Row]:
+    """One cluster against two on a split run: here the third column is one cluster (not
+    faster-whisper alone), so the ratio is the speed-up's inverse; then the split against
+    the unsplit run on one cluster (the split's cost), and their word error rates."""
+    minutes = f"{found['audio_minutes']:g} min in {found['pieces']} pieces"
+    return [
+        Row(
+            f"{minutes}: two 1-thread clusters (vs one)",
+            found["two_clusters_s"],
+            found["one_cluster_s"],
+            limit=0.6,
+        ),
+        Row(
+            f"{minutes}: one 1-thread cluster, split (vs unsplit)",
+            found["one_cluster_s"],
+            found["unsplit_one_cluster_s"],
+        ),
+        bound("split WER - unsplit WER", found["wer_gap_points"], "points", 1),
+        Row(
+            "this machine: 2 pieces on two 1-thread faster-whisper processes (vs on one)",
+            found["machine_ceiling"]["two_processes_s"],
+            2 * found["machine_ceiling"]["one_process_s"],
+        ),
+    ]
+
+
 def peaks_rows(found: dict[str, Any]) -> list[Row]:
     sizes = found["sizes"]
     span = f"{sizes[0]['minutes']:g} → {sizes[-1]['minutes']:g} min"
@@ -233,6 +259,8 @@ REGISTRY: list[Entry] = [
           "GET /api/runs and /progress while a long job runs"),
     Entry("sse_fanout", "sse_fanout", "measure", generic_rows,
           "1,000 watchers of one run: connect time, delivery p99"),
+    Entry("chunked", "chunked", "measure", chunked_rows,
+          "20 min split across one, then two 1-thread worker clusters"),
     Entry("peaks", "memory", "measure_peaks", peaks_rows,
           "peak memory for 1, 30 and 120 min of audio", in_all=False),
     Entry("soak", "soak", "measure", soak_rows,

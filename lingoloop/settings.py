@@ -365,6 +365,10 @@ WHISPER_BATCH_SIZE: int | str = (
     else env_int("WHISPER_BATCH_SIZE", 0, minimum=0)
 )
 WHISPER_BATCHED_MIN_DURATION_MS = env_int("WHISPER_BATCHED_MIN_DURATION_MS", 30_000, minimum=0)
+# Async runs longer than CHUNK_LONGER_THAN_SECONDS (0: none) are cut at silences into pieces
+# of about CHUNK_SECONDS, each a job that any worker may take (transcription/chunks.py).
+CHUNK_LONGER_THAN_SECONDS = env_int("CHUNK_LONGER_THAN_SECONDS", 900, minimum=0)
+CHUNK_SECONDS = env_int("CHUNK_SECONDS", 300, minimum=10)
 
 # --- Job queue ----------------------------------------------------------------------------
 

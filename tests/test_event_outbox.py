@@ -89,8 +89,10 @@ def test_a_late_event_about_an_unfinished_state_is_dropped_once_the_run_finished
         run.refresh_from_db()
         publish(run, "done")
 
+    # The `done`'s delivery took its run's undelivered update first (events of a run reach
+    # the streams in the order they were written) and dropped it: nothing is left to sweep.
     with time_machine.travel(timezone.now() + timedelta(seconds=6)):
-        assert deliver_stranded_events() == 1
+        assert deliver_stranded_events() == 0
 
     run_events = Event.objects.filter(channel=f"run-{run.pk}").exclude(eid=0).order_by("eid")
     assert [e.type for e in run_events][-1] == "done"
@@ -149,3 +151,33 @@ def test_a_rolled_back_savepoint_takes_only_its_own_events_with_it(run):
 
     assert [n for _, n in run_events(run)][-4:] == [1, 3, 4, 5]
     assert not RunEventOutbox.objects.exists()
+
+
+def test_an_event_delivered_first_takes_its_run_s_earlier_undelivered_events_first(
+    run, monkeypatch
+):
+    # Two processes write one run in turn (a run split into chunks): the first commits its
+    # event and is slow to deliver it; the second commits and delivers at once.
+    monkeypatch.setattr(transaction, "on_commit", lambda callback: None)
+    with transaction.atomic():
+        publish(run, "update", progress_mark="first")
+    with transaction.atomic():
+        publish(run, "update", progress_mark="second")
+    monkeypatch.undo()
+    first, second = RunEventOutbox.objects.order_by("pk")
+
+    assert deliver_outbox([second.pk]) == 2
+    assert deliver_outbox([first.pk]) == 0  # delivered already, by the second
+
+    updates = Event.objects.filter(channel=f"run-{run.pk}", type="update").order_by("eid")
+    data = [decoded(update.data) for update in updates]
+    marks = [item["progress_mark"] for item in data if "progress_mark" in item]
+    assert marks == ["first", "second"]
+
+
+def decoded(data: object) -> dict:
+    """A stored event's data (JSON text, within JSON text as the event table keeps it)."""
+    while isinstance(data, str):
+        data = json.loads(data)
+    assert isinstance(data, dict)
+    return data

@@ -11,6 +11,7 @@ class TranscriptionConfig(AppConfig):
         # outbox sweep and the stored files still to delete, which every worker cluster's loop
         # runs (tasks_admin never imports us).
         from tasks_admin.handlers import register, register_housekeeping
+        from transcription.chunks import ChunkHandler, SplitHandler
         from transcription.events import deliver_stranded_events
         from transcription.jobs import (
             JOB_TYPE_ASYNC,
@@ -25,6 +26,8 @@ class TranscriptionConfig(AppConfig):
 
         register(TranscribeHandler(JOB_TYPE_ASYNC))
         register(TranscribeHandler(JOB_TYPE_SYNC))
+        register(SplitHandler())
+        register(ChunkHandler())
         # Periodic only while retention is on: with AUDIO_RETENTION_HOURS=0 it has nothing to do.
         register(PurgeAudioHandler(), every=PURGE_EVERY, when=retention_is_on)
         register_housekeeping(deliver_stranded_events)

@@ -22,6 +22,7 @@ from typing import Any
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
+from django.db.models import Subquery
 from django.utils import timezone
 
 from lingoloop import metrics
@@ -142,13 +143,22 @@ def deliver_outbox(ids: list[int] | None = None, *, older_than: timedelta | None
     by a process that died before delivering them. Never raises: a job must not fail because
     an event could not be delivered now (the sweep will).
 
-    Rows go DELIVERY_BATCH to a transaction, each taken under a row lock that another
-    deliverer skips (PostgreSQL; SQLite has one writer at a time), stored on all their
-    channels and deleted before the commit.
+    Rows go DELIVERY_BATCH to a transaction, each taken under a row lock (PostgreSQL; SQLite
+    has one writer at a time), stored on all their channels and deleted before the commit.
+
+    `ids` also takes the rows of the same runs committed before them and not delivered yet,
+    waiting for a deliverer that holds one: a run split into chunks is written by several
+    processes, one after the other under the run's row lock, and each delivers after its
+    commit; without this, a process that committed second could store its event first, and
+    a client would see progress go back or segments out of order. The sweep skips locked
+    rows instead: they are being delivered.
     """
     rows = RunEventOutbox.objects.order_by("pk")
     if ids is not None:
-        rows = rows.filter(pk__in=ids)
+        if not ids:
+            return 0
+        runs = RunEventOutbox.objects.filter(pk__in=ids).values("run_id")
+        rows = rows.filter(run_id__in=Subquery(runs), pk__lte=max(ids))
     if older_than is not None:
         rows = rows.filter(created_at__lt=timezone.now() - older_than)
     pks = list(rows.values_list("pk", flat=True)[:1000])
@@ -158,7 +168,7 @@ def deliver_outbox(ids: list[int] | None = None, *, older_than: timedelta | None
         try:
             with transaction.atomic():
                 taken = list(
-                    RunEventOutbox.objects.select_for_update(skip_locked=True)
+                    RunEventOutbox.objects.select_for_update(skip_locked=ids is None)
                     .filter(pk__in=batch)
                     .order_by("pk")
                 )

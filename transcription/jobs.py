@@ -42,6 +42,7 @@ from transcription.events import (
 from transcription.models import (
     Audio,
     Channels,
+    RunChunk,
     RunMode,
     RunStatus,
     TranscriptRun,
@@ -294,7 +295,7 @@ class ProgressWriter:
             while not stopped.wait(max(wait, 0.01)):
                 try:
                     wait = self.tick()
-                except ClaimLost:
+                except (ClaimLost, Cancelled):  # the attempt stops at its next safe point
                     return
                 except Exception:
                     logger.warning("run %s: progress update failed", self.run.pk, exc_info=True)
@@ -376,9 +377,25 @@ class TranscribeHandler(BaseJobHandler[Transcribed]):
         if run.audio.purged_at is not None:
             raise PermanentError("audio_missing", "The audio file is no longer stored.")
         with audio_file(run.audio.stored_name) as path:
-            return self._transcribe(attempt, run, path)
+            return self._transcribe(
+                attempt,
+                run,
+                path,
+                duration_ms=run.audio.duration_ms,
+                make_writer=lambda rate: ProgressWriter(run, attempt, assumed_rate=rate),
+            )
 
-    def _transcribe(self, attempt: Attempt, run: TranscriptRun, path: Path) -> Transcribed:
+    def _transcribe(
+        self,
+        attempt: Attempt,
+        run: TranscriptRun,
+        path: Path,
+        *,
+        duration_ms: int,
+        make_writer: Callable[[float | None], ProgressWriter],
+    ) -> Transcribed:
+        """Decode `path` (`duration_ms` long: the run's audio, or a piece of it) with the
+        run's options; `make_writer(assumed_rate)` gives what reports its progress."""
         options = engine.Options(
             model=run.model,
             language=run.language or None,
@@ -392,17 +409,15 @@ class TranscribeHandler(BaseJobHandler[Transcribed]):
         allow_batched = run.mode == RunMode.ASYNC
         pace = Pace(
             run.model,
-            engine.batch_size_for(
-                options, duration_ms=run.audio.duration_ms, allow_batched=allow_batched
-            ),
+            engine.batch_size_for(options, duration_ms=duration_ms, allow_batched=allow_batched),
         )
-        seconds = run.audio.duration_ms / 1000
-        writer = ProgressWriter(run, attempt, assumed_rate=pace.assumed_rate(seconds))
+        seconds = duration_ms / 1000
+        writer = make_writer(pace.assumed_rate(seconds))
         began = time.monotonic()
         try:
             with writer.ticking():
                 common: dict[str, Any] = {
-                    "duration_ms": run.audio.duration_ms,
+                    "duration_ms": duration_ms,
                     "max_duration_ms": self.max_duration_ms(),
                     "on_segment": writer.segment,
                     "on_window": writer.window,
@@ -554,7 +569,11 @@ def purge_expired_audio(*, heartbeat: Callable[[], None] = lambda: None) -> int:
             if Audio.objects.filter(pk=audio.pk, purged_at__isnull=True).update(
                 purged_at=timezone.now()
             ):
-                storage.delete_later([audio.stored_name])
+                # With the pieces its failed or cancelled runs split it into: no retry now.
+                pieces = RunChunk.objects.filter(run__audio=audio).values_list(
+                    "stored_name", flat=True
+                )
+                storage.delete_later([audio.stored_name, *pieces])
                 purged += 1
     return purged
 

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypedDict
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Q, QuerySet, Sum, Window
+from django.db.models import F, Q, QuerySet, Sum, Window
 from django.db.models.expressions import RowRange
-from django.db.models.functions import RowNumber
+from django.db.models.functions import Coalesce, RowNumber
 from django.utils import timezone
 
 from tasks_admin.models import CLAIM_ORDER, Job, JobStatus, Worker
@@ -188,7 +188,10 @@ class TranscriptRun(models.Model):
         return sorted(self.jobs.all(), key=lambda job: job.created_at)
 
     def attempts_used(self) -> int:
-        return sum(job.attempts for job in self.jobs.all())
+        """The attempts at the whole run. A chunk job's attempt is not one: a chunk that is
+        redone leaves the transcript so far as it is (the pages start it afresh on a new
+        attempt)."""
+        return sum(job.attempts for job in self.jobs.all() if job.job_type != JOB_TYPE_CHUNK)
 
     def max_attempts(self) -> int:
         """What its newest job may use; 0 before it has one."""
@@ -331,13 +334,13 @@ class QueueSnapshot:
 
     @classmethod
     def _read(cls, waiting: QuerySet[WithAnnotations[Job, _Place]]) -> QueueSnapshot:
-        places = {
-            run_id: QueuePlace(position, audio_ms_ahead or 0)
-            for run_id, position, audio_ms_ahead in waiting.values_list(
-                "run_id", "position", "audio_ms_ahead"
-            )
-            if run_id is not None
-        }
+        places: dict[uuid.UUID, QueuePlace] = {}
+        for run_id, position, audio_ms_ahead in waiting.values_list(
+            "run_id", "position", "audio_ms_ahead"
+        ):
+            # A run queued again with several chunk jobs is as far as its first one.
+            if run_id is not None and (run_id not in places or position < places[run_id].position):
+                places[run_id] = QueuePlace(position, audio_ms_ahead or 0)
         if not places:
             return cls({})
         processes = Worker.objects.alive().aggregate(n=Sum("processes"))["n"]
@@ -346,7 +349,10 @@ class QueueSnapshot:
         return cls(places, max(1, processes or 1), speed)
 
     def position(self, run: TranscriptRun) -> int:
-        """1 is next in line; 0 when the run is not waiting in the queue."""
+        """1 is next in line; 0 when the run is not waiting in the queue (a processing run
+        split into chunks has chunk jobs waiting, but the run itself is under way)."""
+        if run.status != RunStatus.QUEUED:
+            return 0
         place = self.places.get(run.pk)
         return 0 if place is None else place.position
 
@@ -388,12 +394,77 @@ def _waiting_with_places() -> QuerySet[WithAnnotations[Job, _Place]]:
         .annotate(
             position=Window(RowNumber(), order_by=CLAIM_ORDER),
             audio_ms_ahead=Window(
-                Sum("run__audio__duration_ms"),
+                # A chunk job holds its piece of the audio, any other job its run's.
+                Sum(
+                    Coalesce(
+                        F("run_chunk__end_ms") - F("run_chunk__start_ms"),
+                        F("run__audio__duration_ms"),
+                        output_field=models.BigIntegerField(),
+                    )
+                ),
                 order_by=CLAIM_ORDER,
                 frame=RowRange(start=None, end=-1),
             ),
         )
     )
+
+
+# The job types of a run split into chunks (transcription/chunks.py): named here because the
+# run's own methods tell them apart from the jobs that transcribe it whole.
+JOB_TYPE_SPLIT = "transcribe_split"
+JOB_TYPE_CHUNK = "transcribe_chunk"
+
+
+class ChunkStatus(models.TextChoices):
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class RunChunk(models.Model):
+    """One piece of a long run's audio, cut at a silence, transcribed by a job of its own
+    (transcription/chunks.py). Its segments are kept as soon as it succeeds, times in the
+    whole audio, and copied into the run's transcript (`merged`) once every chunk before it
+    is there too, so the transcript only ever grows at its end."""
+
+    run = models.ForeignKey(TranscriptRun, on_delete=models.CASCADE, related_name="chunks")
+    index = models.PositiveIntegerField()
+    start_ms = models.BigIntegerField()
+    end_ms = models.BigIntegerField()
+    # The piece as a 16 kHz mono WAV in the audio storage, deleted once the run succeeded.
+    stored_name = models.CharField(max_length=255)
+    status = models.CharField(
+        max_length=16, choices=ChunkStatus.choices, default=ChunkStatus.QUEUED
+    )
+    progress = models.FloatField(default=0.0)
+    segments = models.JSONField(default=list, blank=True)
+    text = models.TextField(blank=True, default="")
+    detected_language = models.CharField(max_length=16, blank=True, default="")
+    language_probability = models.FloatField(null=True, blank=True)
+    merged = models.BooleanField(default=False)
+    # The job that transcribes it now (a retry of the run gives it a new one).
+    job = models.OneToOneField(
+        Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="run_chunk"
+    )
+    # When its first attempt of the run's current attempt began, and when it succeeded: the
+    # run's pace over all its chunks, however many workers share them, is measured from them.
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "run_chunk"
+        constraints = [
+            models.UniqueConstraint(fields=["run", "index"], name="uniq_run_chunk_index")
+        ]
+
+    def __str__(self) -> str:
+        return f"chunk {self.index} of run {self.run_id} ({self.status})"
+
+    @property
+    def duration_ms(self) -> int:
+        return self.end_ms - self.start_ms
 
 
 class RunEventOutbox(models.Model):

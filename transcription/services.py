@@ -40,7 +40,7 @@ from lingoloop.refusals import Conflict, Invalid, LimitReached
 from tasks_admin.models import Job, JobStatus
 from tasks_admin.runner import run_job
 from tasks_admin.services import job_enqueue
-from transcription import storage
+from transcription import chunks, storage
 from transcription.events import announce_queue_positions, publish, publish_finished
 from transcription.jobs import JOB_TYPE_ASYNC, JOB_TYPE_SYNC
 from transcription.models import Audio, Channels, RunMode, RunStatus, TranscriptRun
@@ -194,7 +194,7 @@ def _create_rows(
         )
         sync = mode == RunMode.SYNC
         job = job_enqueue(
-            job_type=JOB_TYPE_SYNC if sync else JOB_TYPE_ASYNC,
+            job_type=JOB_TYPE_SYNC if sync else _async_job_type(run),
             run_id=run.pk,
             priority=options.priority,
             # This web process starts it: no worker cluster may pick it meanwhile.
@@ -204,6 +204,14 @@ def _create_rows(
         if not sync and Job.objects.waiting().filter(priority__lt=job.priority).exists():
             announce_queue_positions()  # it jumped ahead of others
     return run
+
+
+def _async_job_type(run: TranscriptRun) -> str:
+    """A long run is cut into chunks that the whole cluster shares (transcription/chunks.py);
+    any other is one job. So is a run of separate channels: its pieces would be mono."""
+    if run.channels == Channels.SEPARATE or not chunks.should_split(run.audio.duration_ms):
+        return JOB_TYPE_ASYNC
+    return chunks.JOB_TYPE_SPLIT
 
 
 # --- Storing an upload -------------------------------------------------------------------
@@ -398,6 +406,7 @@ def run_cancel(*, run: TranscriptRun) -> TranscriptRun:
         if TranscriptRun.objects.filter(pk=run.pk, status=RunStatus.QUEUED).update(
             status=RunStatus.CANCELLED, cancel_requested_at=now, finished_at=now
         ):
+            chunks.stop_queued_chunks(run)  # a retried run's chunks, waiting for a worker
             run.jobs.filter(status=JobStatus.QUEUED).update(
                 status=JobStatus.CANCELLED, finished_at=now, picked_by="", picked_until=None
             )
@@ -408,6 +417,17 @@ def run_cancel(*, run: TranscriptRun) -> TranscriptRun:
         if TranscriptRun.objects.filter(
             pk=run.pk, status=RunStatus.PROCESSING, cancel_requested_at__isnull=True
         ).update(cancel_requested_at=now):
+            if run.chunks.exists():
+                # Split into chunks: its queued chunks never start, those in flight stop at
+                # their next segment, and the run ends now, whether any chunk runs or not.
+                chunks.stop_queued_chunks(run)
+                TranscriptRun.objects.filter(pk=run.pk).update(
+                    status=RunStatus.CANCELLED, finished_at=now, estimated_finish_at=None
+                )
+                run.refresh_from_db()
+                publish_finished(run)
+                announce_queue_positions()
+                return run
             run.refresh_from_db()
             return run
     run.refresh_from_db()
@@ -447,9 +467,13 @@ def run_retry(*, run: TranscriptRun) -> TranscriptRun:
             raise Conflict(
                 "audio_purged", "The audio of this run was deleted by retention; upload it again."
             )
-        job_enqueue(job_type=JOB_TYPE_ASYNC, run_id=run.pk, priority=run.priority)
+        # A run split into chunks redoes only those that did not succeed; any other run (or
+        # one whose split never finished) starts again from its audio.
+        if not chunks.chunks_retry(run):
+            job_enqueue(job_type=_async_job_type(run), run_id=run.pk, priority=run.priority)
         run.refresh_from_db()
-        publish(run, "update")
+        if run.status == RunStatus.QUEUED:
+            publish(run, "update")
         announce_queue_positions()
     return run
 
@@ -460,7 +484,9 @@ def run_delete(*, run: TranscriptRun) -> None:
         raise Conflict("run_active", "Cancel the run before deleting it.")
     audio = run.audio
     with transaction.atomic():
+        pieces = list(run.chunks.values_list("stored_name", flat=True))
         run.delete()
+        storage.delete_later(pieces)  # a failed or cancelled run's chunks kept theirs
         if not audio.runs.exists():
             audio.delete()  # and its file, after the commit (storage.stored_row_deleted)
 

@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('transcription', '0005_stored_file_deletion'),
+        ('transcription', '0006_run_chunk'),
     ]
 
     operations = [

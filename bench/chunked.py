@@ -1,0 +1,139 @@
+"""Benchmark: a 20-minute recording split across the cluster, one worker cluster against two.
+
+On a fresh data directory (SQLite, or the DATABASE_URL / REDIS_URL you give it), with the
+default chunk settings (runs over CHUNK_LONGER_THAN_SECONDS=900 are cut into pieces of about
+CHUNK_SECONDS=300): one web process and one worker cluster of one process and one thread
+(MAX_CONCURRENT_JOBS=1, WHISPER_CPU_THREADS=1) transcribe the file, upload → `done` on its
+event stream; then a second such cluster joins the same server and the same file is sent
+again. On a 2-core machine the two clusters have a core each: the target is that two take
+at most 0.6 of the time one takes. The first cluster's model is loaded by its first chunk,
+in the first measurement; the second cluster loads its own in the second.
+
+Then the same cluster transcribes the file unsplit (through a web process with
+CHUNK_LONGER_THAN_SECONDS=0): the split's cost on one cluster, and the word error rates of
+the split and the unsplit transcripts against the reference (jfk.flac's words, said again and
+again), which should be within a point of each other. Last, faster-whisper alone on a
+piece's worth of speech, in one one-thread process and then in two at once: the best ratio
+this machine allows two clusters on the chunks' share of the work (on the 2-core VM it was
+measured on, two processes side by side each took 1.6-1.75 times as long as one alone).
+
+Usage: .venv/bin/python -m bench chunked [--quick]   (--quick: 5 minutes, 75 s pieces)
+   or: .venv/bin/python bench/chunked.py [--quick]   (the figures as JSON)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.harness import (
+    Service,
+    fresh_stack,
+    log,
+    repeats_for,
+    speech_file,
+    start_web,
+    start_worker,
+    stop_process,
+    whisper_alone,
+)
+from bench.wer import JFK_REFERENCE, word_error_rate
+
+ONE_THREAD_CLUSTER = {"MAX_CONCURRENT_JOBS": "1", "WHISPER_CPU_THREADS": "1"}
+# (CHUNK_LONGER_THAN_SECONDS, CHUNK_SECONDS): the defaults, and --quick's for 5 minutes.
+CHUNKS = ("900", "300")
+QUICK_CHUNKS = ("120", "75")
+
+
+def upload_to_done(service: Service, audio: Path) -> tuple[float, dict[str, Any]]:
+    """Seconds from sending the upload to reading `done` on its stream; the finished run."""
+    started = time.perf_counter()
+    run = service.submit(audio)
+    service.follow_until_done(run, timeout=1800)
+    seconds = time.perf_counter() - started
+    return seconds, service.run(run["runId"])
+
+
+def machine_ceiling(env: dict[str, str], minutes: float) -> dict[str, float]:
+    """What two one-thread processes give on this machine without the service: faster-whisper
+    alone (bench/raw.py, batched as a worker's job) on a piece's worth of speech, in one
+    process, then in two processes at once. `ratio` is the best two clusters can do against
+    one on the chunks' part of the work: the time of two pieces side by side against two
+    pieces one after the other."""
+    piece = speech_file(repeats_for(minutes)).path
+    alone = whisper_alone(piece, 2, env).seconds[-1]  # the first pass warms the caches
+    with ThreadPoolExecutor(2) as pool:
+        pair = list(pool.map(lambda _: whisper_alone(piece, 2, env), range(2)))
+    side_by_side = max(raw.seconds[-1] for raw in pair)
+    return {
+        "piece_minutes": minutes,
+        "one_process_s": round(alone, 2),
+        "two_processes_s": round(side_by_side, 2),
+        "ratio": round(side_by_side / (2 * alone), 3),
+    }
+
+
+def measure(*, quick: bool = False) -> dict[str, Any]:
+    minutes = 5 if quick else 20
+    audio = speech_file(repeats_for(minutes))
+    longer_than, seconds = QUICK_CHUNKS if quick else CHUNKS
+    with fresh_stack(
+        "chunked", CHUNK_LONGER_THAN_SECONDS=longer_than, CHUNK_SECONDS=seconds
+    ) as stack:
+        env = {**stack.env, **ONE_THREAD_CLUSTER}
+        with Service.start(stack, "one", **ONE_THREAD_CLUSTER) as service:
+            log(f"chunked: {audio.minutes:.1f} min, split, one cluster")
+            one, run_one = upload_to_done(service, audio.path)
+            log(f"chunked: one cluster {one:.1f} s; a second cluster joins")
+            second = start_worker(env, stack.logs, "worker-two")
+            try:
+                two, run_two = upload_to_done(service, audio.path)
+            finally:
+                stop_process(second, 90)
+            log(f"chunked: two clusters {two:.1f} s; unsplit, one cluster")
+            # The split is decided at upload: a web process that never splits, same cluster.
+            web, base = start_web({**env, "CHUNK_LONGER_THAN_SECONDS": "0"}, stack.logs, "web-0")
+            unsplit_service = Service(stack=stack, web=web, worker=service.worker, base=base)
+            try:
+                whole, run_whole = upload_to_done(unsplit_service, audio.path)
+            finally:
+                unsplit_service.client.close()
+                stop_process(web, 15)
+            log(f"chunked: unsplit, one cluster {whole:.1f} s; faster-whisper alone, 1 and 2")
+        ceiling = machine_ceiling(env, int(seconds) / 60)
+    reference = " ".join([JFK_REFERENCE] * audio.repeats)
+    split_wer = word_error_rate(reference, run_two["text"])
+    unsplit_wer = word_error_rate(reference, run_whole["text"])
+    return {
+        "audio_minutes": round(audio.minutes, 2),
+        "chunk_longer_than_seconds": int(longer_than),
+        "chunk_seconds": int(seconds),
+        "pieces": sum(job["jobType"] == "transcribe_chunk" for job in run_two["jobs"]),
+        "one_cluster_s": round(one, 2),
+        "two_clusters_s": round(two, 2),
+        "ratio": round(two / one, 3),
+        "unsplit_one_cluster_s": round(whole, 2),
+        "split_wer": round(split_wer, 4),
+        "split_wer_one_cluster": round(word_error_rate(reference, run_one["text"]), 4),
+        "unsplit_wer": round(unsplit_wer, 4),
+        "wer_gap_points": round(100 * (split_wer - unsplit_wer), 2),
+        "machine_ceiling": ceiling,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    print(json.dumps(measure(quick=args.quick), indent=2))
+
+
+if __name__ == "__main__":
+    main()
