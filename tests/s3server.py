@@ -9,8 +9,6 @@ what a web or worker process started by the test needs to use it too.
 from __future__ import annotations
 
 import contextlib
-import socket
-import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -18,84 +16,15 @@ from typing import Any
 import pytest
 
 from lingoloop import object_store
+from tests.proxy import TcpProxy
 
 ACCESS_KEY = "lingoloop-test"
 SECRET_KEY = "lingoloop-test-secret"
 REGION = "us-east-1"
 
 
-class PausableProxy:
-    """Forwards TCP connections from its own port to `target`. `down()` closes the port and
-    every open connection (clients are refused, as by a store that stopped); `up()` listens
-    on the same port again."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.port = 0
-        self._listener: socket.socket | None = None
-        self._open: set[socket.socket] = set()
-        self._lock = threading.Lock()
-        self.up()
-
-    def up(self) -> None:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen(64)
-        self.port = listener.getsockname()[1]
-        self._listener = listener
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-
-    def down(self) -> None:
-        with self._lock:
-            listener, self._listener = self._listener, None
-            sockets, self._open = self._open, set()
-        if listener is not None:
-            with contextlib.suppress(OSError):
-                listener.shutdown(socket.SHUT_RDWR)
-            listener.close()
-        for sock in sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(self.target)
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                if self._listener is not listener:
-                    client.close()
-                    upstream.close()
-                    return
-                self._open.update((client, upstream))
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
-
-    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (source, sink):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-            with self._lock:
-                self._open.discard(source)
-                self._open.discard(sink)
-
-
 class S3Store:
-    """A running moto server with one fresh bucket, reached through a PausableProxy."""
+    """A running moto server with one fresh bucket, reached through a tests.proxy.TcpProxy."""
 
     def __init__(self) -> None:
         from moto.server import ThreadedMotoServer
@@ -103,7 +32,7 @@ class S3Store:
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self._server.start()
         host, port = self._server.get_host_and_port()
-        self._proxy = PausableProxy((host, port))
+        self._proxy = TcpProxy((host, port))
         self.bucket = f"lingoloop-{uuid.uuid4().hex[:12]}"
         self.client().create_bucket(Bucket=self.bucket)
 

@@ -4,13 +4,11 @@ down or refuses, and what it does with bad input before it sends anything."""
 
 from __future__ import annotations
 
-import contextlib
 import http.server
 import json
 import os
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -35,6 +33,7 @@ from tests.conftest import (
     wait_until,
     words,
 )
+from tests.proxy import TcpProxy
 
 # The web process transcribes nothing in the request: every run goes through the queue and
 # its event stream, which is what the client follows.
@@ -291,64 +290,10 @@ def test_transcribe_to_standard_output_in_a_pipe(service: Service, tmp_path):
     assert "\x1b[" not in done.stdout + done.stderr  # no bars, no colours in a pipe
 
 
-class CuttingProxy:
-    """A TCP proxy in front of the web process that can cut every connection it carries."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.connections: list[socket.socket] = []
-        self.requests: list[bytes] = []
-        self.lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            with self.lock:
-                self.connections += [client, upstream]
-            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
-
-    def _pipe(self, source: socket.socket, sink: socket.socket, outgoing: bool) -> None:
-        try:
-            while chunk := source.recv(65536):
-                if outgoing:
-                    self.requests.append(chunk)
-                sink.sendall(chunk)
-        except OSError:
-            pass
-        finally:
-            for end in (source, sink):
-                with contextlib.suppress(OSError):
-                    end.shutdown(socket.SHUT_RDWR)
-
-    def cut(self) -> None:
-        with self.lock:
-            connections, self.connections = self.connections, []
-        for connection in connections:
-            with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)
-            connection.close()
-
-    def close(self) -> None:
-        self.cut()
-        self.listener.close()
-
-
 @pytest.mark.slow
 def test_a_cut_stream_is_resumed_without_losing_or_repeating_a_segment(service: Service, tmp_path):
     service.start_web(**ASYNC_ONLY)
-    proxy = CuttingProxy(int(service.web_url.rsplit(":", 1)[1]))
+    proxy = TcpProxy(("127.0.0.1", int(service.web_url.rsplit(":", 1)[1])))
     run = service.submit(long_speech(tmp_path / "lecture.wav", repeats=8))
     # Decoded window after window (not batched): segments arrive over many seconds.
     service.worker(WHISPER_BATCH_SIZE="0")
