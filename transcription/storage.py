@@ -129,18 +129,13 @@ def store_file(name: str, path: Path) -> None:
         with _store_errors("write", name), path.open("rb") as handle:
             saved = storage.save(name, File(handle, name=name))
     except StorageUnavailable:
-        _delete_quietly(storage, name)  # a multipart upload cut off half-way
+        # A write whose answer was lost may have landed: deleted now, or by the housekeeping
+        # once the store is back.
+        discard(name)
         raise
     if saved != name:  # file_overwrite=True: a backend that renamed it is misconfigured
-        _delete_quietly(storage, saved)
+        discard(saved)
         raise StorageUnavailable(f"the store kept {name!r} as {saved!r}")
-
-
-def _delete_quietly(storage: Storage, name: str) -> None:
-    try:
-        storage.delete(name)
-    except Exception:
-        logger.warning("audio store: could not remove %s", name, exc_info=True)
 
 
 # Files this process holds a local copy of already (a sync upload it is transcribing): a job
