@@ -10,6 +10,7 @@ are handed on in order.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -81,8 +82,10 @@ def follow(
     state and the new segments after every event."""
     stop = stop or threading.Event()
     failures = 0
+    connections = 0  # more than one: a stream broke and was taken up again
     while not stop.is_set() and not state.finished:
         try:
+            connections += 1
             _read_stream(api, state, on_change, stop)
             failures = 0
         except StreamUnavailable:
@@ -96,6 +99,13 @@ def follow(
                 _poll(api, state, on_change, stop)  # its errors are the caller's
                 break
             stop.wait(min(0.25 * 2**failures, 5.0))
+    if connections > 1 and state.status == "succeeded":
+        # A stream taken up again after the run finished starts at its end (`init`, `done`):
+        # the segments sent while it was away come from the finished run instead.
+        with contextlib.suppress(ClientError):  # the end is known; this only fills gaps
+            fresh = state.apply({"segments": api.run(state.run_id).get("segments") or []})
+            if fresh:
+                on_change(state, fresh)
     return state
 
 
