@@ -66,6 +66,12 @@ def runs_visible_to(request: Request) -> QuerySet[TranscriptRun]:
     return runs if request.user.is_staff else runs.filter(owner_id=request.user.pk)
 
 
+def refuse_more_than_one_file(request: Request) -> None:
+    """An upload endpoint takes one `file` part: a second one would be silently ignored."""
+    if len(request.FILES.getlist("file")) > 1:
+        raise ApiError("too_many_files", "Send one file per request.", field="file")
+
+
 def get_run(request: Request, run_id: uuid.UUID) -> TranscriptRun:
     run = runs_visible_to(request).filter(pk=run_id).first()
     if run is None:
@@ -175,8 +181,7 @@ class DetectLanguageView(APIView):
         """Which language an upload speaks, at once, from its first 30 seconds: the five most
         likely with their probabilities. No run is made, nothing is kept, and it never waits
         for the queue (a worker need not be running)."""
-        if len(request.FILES.getlist("file")) > 1:
-            raise ApiError("too_many_files", "Send one file per request.", field="file")
+        refuse_more_than_one_file(request)
         serializer = DetectLanguageSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         detection = detect_language(
@@ -234,8 +239,7 @@ class TranscribeView(APIView):
         },
     )
     def post(self, request: Request) -> Response:
-        if len(request.FILES.getlist("file")) > 1:
-            raise ApiError("too_many_files", "Send one file per request.", field="file")
+        refuse_more_than_one_file(request)
         serializer = SubmitSerializer(data=request.data, context={"request": request})
         serializer.is_valid(raise_exception=True)
         key = request.headers.get("Idempotency-Key") or None

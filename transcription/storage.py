@@ -190,11 +190,6 @@ def local_file(name: str) -> Iterator[Path]:
         copy.unlink(missing_ok=True)
 
 
-def exists(name: str) -> bool:
-    with _store_errors("look up", name):
-        return bool(audio_storage().exists(name))
-
-
 def size(name: str) -> int:
     """The stored file's size in bytes; StoredFileMissing when there is none."""
     with _store_errors("measure", name):
