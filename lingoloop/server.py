@@ -125,7 +125,13 @@ class LimitedWebRequest(http_protocol.WebRequest):  # type: ignore[misc]
         from transcription.uploads import too_large
 
         self.refused = True
-        body = json.dumps(too_large().as_dict()).encode()
+        error = too_large()
+        if (getattr(self.channel, "_path", b"") or b"").startswith(b"/v1/"):
+            from transcription.openai_api import error_body
+
+            body = json.dumps(error_body(error)).encode()  # OpenAI's shape for its clients
+        else:
+            body = json.dumps(error.as_dict()).encode()
         head = (
             "HTTP/1.1 413 Request Entity Too Large\r\n"
             "Content-Type: application/json\r\n"
