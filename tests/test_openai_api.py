@@ -21,6 +21,8 @@ from tests.conftest import (
     words,
 )
 from tests.test_channels import stereo  # noqa: F401  (the fixture)
+from tests.test_models import german  # noqa: F401  (the fixture)
+from transcription import catalogue
 from transcription.models import RunMode, RunStatus, TranscriptRun
 
 pytestmark = pytest.mark.slow
@@ -187,6 +189,25 @@ def test_speakers_by_channel_come_back_as_diarized_json(service, stereo):  # noq
     assert mono.value.code == "not_multichannel"
 
 
+@pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")  # the SDK's translations
+def test_german_is_detected_and_translated_with_a_multilingual_model(service, german):  # noqa: F811
+    if not catalogue.base_installed():
+        pytest.skip("the base model's packages are not installed (the `base` extra)")
+    service.start_web(**WEB)
+    ai = client(service)
+
+    with german.open("rb") as audio:
+        heard = ai.audio.transcriptions.create(
+            model="base", file=audio, response_format="verbose_json"
+        )
+    assert heard.language == "german" and "morgen" in heard.text.lower()
+
+    with german.open("rb") as audio:
+        english = ai.audio.translations.create(model="base", file=audio)
+    assert {"good", "morning"} <= set(words(english.text)), english.text
+
+
+@pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")  # the SDK's translations
 def test_what_is_refused_and_how_the_sdk_sees_it(service, tmp_path):
     service.start_web(**WEB)
     ai = client(service)
