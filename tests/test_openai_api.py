@@ -242,6 +242,11 @@ def test_what_is_refused_and_how_the_sdk_sees_it(service, tmp_path):
         ({"model": "gpt-4o-transcribe"}, "model"),
         ({"language": "klingon"}, "language"),
         ({"extra_body": {"beam_size": 3}}, "beam_size"),
+        ({"known_speaker_names": ["Ann"]}, "known_speaker_names[]"),
+        (
+            {"response_format": "diarized_json", "known_speaker_names": ["Smith, Ann", "Bo"]},
+            "known_speaker_names[]",
+        ),
     ]:
         with JFK.open("rb") as audio, pytest.raises(openai.BadRequestError) as refused:
             ai.audio.transcriptions.create(**{"model": "whisper-1", "file": audio, **bad})

@@ -271,6 +271,8 @@ def _refusal(attrs: dict[str, Any], task: str) -> tuple[str, str] | None:
         return ("response_format", "Translations have no diarized_json.")
     if attrs["speaker_names"] and attrs["response_format"] != "diarized_json":
         return ("known_speaker_names[]", "Speaker names go with response_format=diarized_json.")
+    if any("," in name for name in attrs["speaker_names"]):
+        return ("known_speaker_names[]", "A speaker name may not hold a comma.")
     return None
 
 
@@ -571,8 +573,21 @@ async def translations(request: HttpRequest) -> HttpResponseBase:
     return await _respond(request, _translation_view)
 
 
+def model_entries() -> list[dict[str, Any]]:
+    """OpenAI's model objects for the models this server can load, `whisper-1` (its default
+    model) first."""
+    owned_by = "lingoloop"
+    return [
+        {"id": DEFAULT_MODEL_ALIAS, "object": "model", "created": 0, "owned_by": owned_by},
+        *(
+            {"id": model.name, "object": "model", "created": 0, "owned_by": owned_by}
+            for model in catalogue.available()
+        ),
+    ]
+
+
 class ModelsView(APIView):
-    """`GET /v1/models`: the models this server can load, `whisper-1` (its default) first."""
+    """`GET /v1/models`."""
 
     schema = None  # OpenAI documents /v1/; LingoLoop's document is /api/'s
 
@@ -580,30 +595,19 @@ class ModelsView(APIView):
         return exception_handler
 
     def get(self, request: Request) -> JsonResponse:
-        created = 0
-        data = [
-            {
-                "id": DEFAULT_MODEL_ALIAS,
-                "object": "model",
-                "created": created,
-                "owned_by": f"lingoloop ({settings.WHISPER_MODEL})",
-            }
-        ]
-        data += [
-            {"id": model.name, "object": "model", "created": created, "owned_by": "lingoloop"}
-            for model in catalogue.available()
-        ]
-        return JsonResponse({"object": "list", "data": data})
+        return JsonResponse({"object": "list", "data": model_entries()})
 
 
 class ModelView(ModelsView):
+    """`GET /v1/models/{model}`."""
+
     def get(self, request: Request, model: str) -> JsonResponse:  # type: ignore[override]
-        for item in json.loads(super().get(request).content)["data"]:
-            if item["id"] == model:
-                return JsonResponse(item)
-        return openai_error(
-            f"The model {model!r} does not exist here.", code="model_not_found", status_code=404
-        )
+        found = next((entry for entry in model_entries() if entry["id"] == model), None)
+        if found is None:
+            return openai_error(
+                f"The model {model!r} does not exist here.", code="model_not_found", status_code=404
+            )
+        return JsonResponse(found)
 
 
 def not_found(request: HttpRequest) -> JsonResponse:
