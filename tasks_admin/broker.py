@@ -36,7 +36,7 @@ from django_q.brokers import Broker
 from django_q.conf import Conf
 from django_q.signing import SignedPackage
 
-from tasks_admin.models import Job, JobStatus, Worker, WorkerState
+from tasks_admin.models import Job, JobStatus, Worker
 from tasks_admin.runner import cluster_id, current_worker_id
 
 logger = logging.getLogger(__name__)
@@ -124,8 +124,9 @@ class JobBroker(Broker):
 
     def pick(self, *, limit: int, cluster: str | None = None) -> list[uuid.UUID]:
         """Hold up to `limit` due jobs, highest priority first, then oldest; with `cluster`,
-        none unless that cluster is running (checked in the pick's own query: a paused
-        cluster picks nothing, and a pick costs no read before it).
+        none unless that cluster is running with room on its disk (checked in the pick's own
+        query: a paused cluster, or one whose beat found its scratch space below
+        MIN_FREE_DISK_BYTES, picks nothing, and a pick costs no read before it).
 
         On PostgreSQL, SKIP LOCKED lets clusters pick side by side without waiting on each
         other; the conditional UPDATE is what makes the hold exclusive on every database.
@@ -135,7 +136,8 @@ class JobBroker(Broker):
         holder = current_worker_id()
         due = Job.objects.due(now)
         if cluster is not None:
-            due = due.filter(Exists(Worker.objects.filter(pk=cluster, state=WorkerState.RUNNING)))
+            # A running cluster whose disk is low (Worker.low_disk) picks nothing either.
+            due = due.filter(Exists(Worker.objects.picking().filter(pk=cluster)))
         with transaction.atomic():
             candidates = list(
                 due.in_claim_order()
