@@ -29,7 +29,13 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections, connection, transaction
+from django.db import (
+    InterfaceError,
+    OperationalError,
+    close_old_connections,
+    connection,
+    transaction,
+)
 from django.db.models import Exists
 from django.utils import timezone
 from django_q.brokers import Broker
@@ -91,6 +97,8 @@ class DueJobSignal:
 
 
 class JobBroker(Broker):
+    database_away = False
+
     def __init__(self, list_key: str | None = None) -> None:
         super().__init__(list_key)  # type: ignore[arg-type]
         self.due_signal = DueJobSignal()
@@ -114,11 +122,23 @@ class JobBroker(Broker):
             close_old_connections()  # drops a connection that a failed pick left broken
             picked = self.pick(limit=Conf.BULK, cluster=cluster_id())
             if picked:
+                self.database_away = False
                 return [(str(job_id), self._package(job_id)) for job_id in picked]
+        except (OperationalError, InterfaceError):
+            # The database is away (stopped, restarting): one line when it goes, one when it
+            # is back, not a traceback every poll; and a second between tries.
+            if not self.database_away:
+                logger.warning("picking jobs: the database does not answer", exc_info=True)
+            self.database_away = True
+            time.sleep(max(Conf.POLL, 1.0))
+            return None
         except Exception:
             logger.exception("picking jobs failed; trying again in %s s", Conf.POLL)
             time.sleep(Conf.POLL)
             return None
+        if self.database_away:
+            logger.info("picking jobs: the database answers again")
+            self.database_away = False
         self.due_signal.wait(Conf.POLL)
         return None
 
