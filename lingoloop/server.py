@@ -59,6 +59,14 @@ class RedactingAccessLog(AccessLogGenerator):
     def write_entry(  # type: ignore[no-untyped-def]
         self, host, date, request, status=None, length=None, ident=None, user=None
     ) -> None:
+        # An entry that cannot be written (a full disk under standard output) is lost, and
+        # nothing else: the answer it records has gone out already.
+        with contextlib.suppress(Exception):
+            self._write_entry(host, date, request, status, length, ident, user)
+
+    def _write_entry(  # type: ignore[no-untyped-def]
+        self, host, date, request, status, length, ident, user
+    ) -> None:
         from django.conf import settings
 
         request_id = _answering.get()

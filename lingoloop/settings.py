@@ -596,7 +596,8 @@ LOGGING = {
     },
     "handlers": {
         "console": {
-            "class": "logging.StreamHandler",
+            # A line that cannot be written or formatted is lost, never the request's answer.
+            "class": "lingoloop.logs.SafeStreamHandler",
             "formatter": LOG_FORMAT,
             "filters": ["redact", "context"],
         }
