@@ -126,11 +126,11 @@ class JobBroker(Broker):
                 return [(str(job_id), self._package(job_id)) for job_id in picked]
         except (OperationalError, InterfaceError):
             # The database is away (stopped, restarting): one line when it goes, one when it
-            # is back, not a traceback every poll; and a second between tries.
+            # is back, not a traceback every poll.
             if not self.database_away:
-                logger.warning("picking jobs: the database does not answer", exc_info=True)
+                logger.exception("picking jobs: the database does not answer; trying again")
             self.database_away = True
-            time.sleep(max(Conf.POLL, 1.0))
+            time.sleep(Conf.POLL)
             return None
         except Exception:
             logger.exception("picking jobs failed; trying again in %s s", Conf.POLL)
