@@ -723,6 +723,7 @@ class DatabasePoller:
 
     async def run(self) -> None:
         self.woken = woken = asyncio.Event()
+        failing = False
         while self.watchers:
             interval = (
                 settings.REDIS_SAFETY_POLL_MS
@@ -735,7 +736,14 @@ class DatabasePoller:
             try:
                 await self.poll_once()
             except Exception:
-                logger.exception("event poller failed; retrying")
+                # Once an outage (the database restarting): not a traceback every poll.
+                if not failing:
+                    logger.exception("event poller failed; retrying")
+                failing = True
+            else:
+                if failing:
+                    logger.info("event poller reads events again")
+                failing = False
 
     async def poll_once(self) -> None:
         known = dict(self.known)

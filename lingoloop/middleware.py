@@ -11,7 +11,10 @@ upload left behind.
   the same way by DRF's and Django's own field validation.
 * The temporary files of a request's uploads are deleted before its answer leaves, not after
   (Django closes them only once the response is sent). A view keeps an upload by moving it; a
-  client that reads a refusal finds nothing of its upload on disk, not for a moment.
+  client that reads a refusal finds nothing of its upload on disk, not for a moment. That
+  holds for an upload whose parsing failed half-way too (a full disk).
+* An exception a view meets from the machine under the service, a full disk or a database
+  that does not answer, is a 507 or a 503 (`process_exception`), not a 500.
 """
 
 from __future__ import annotations

@@ -94,6 +94,7 @@ class Unit:
     do: Callable[[], object]
     every: float = BEAT_SECONDS
     next_at: float = 0.0
+    failing: bool = False  # its last run raised: logged once, not at every beat
 
 
 def low_disk() -> str:
@@ -193,7 +194,15 @@ def run_due(loop: list[Unit]) -> None:
         try:
             unit.do()
         except Exception:
-            logger.exception("worker loop: %s failed", unit.name)
+            # A database that is away fails every unit at every beat: its first failure is
+            # logged with the traceback, the rest of the streak only once it ends.
+            if not unit.failing:
+                logger.exception("worker loop: %s failed", unit.name)
+            unit.failing = True
+        else:
+            if unit.failing:
+                logger.info("worker loop: %s works again", unit.name)
+            unit.failing = False
 
 
 class Command(BaseCommand):
