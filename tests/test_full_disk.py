@@ -114,9 +114,9 @@ def upload_filling_the_disk_midway(service: Service, audio: Path, fill: Callable
         time.sleep(0.2)  # let the server write what it has before the disk fills
         fill()
         sock.settimeout(0.2)
-        for start in range(half, len(body), 16 * 1024):
+        for start in range(half, len(body), 64 * 1024):
             try:
-                sock.sendall(body[start : start + 16 * 1024])
+                sock.sendall(body[start : start + 64 * 1024])
                 sock.recv(1, socket.MSG_PEEK)  # an answer already?
                 break
             except TimeoutError:
