@@ -28,20 +28,25 @@ import json
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import (
+    Proc,
     Service,
+    cpu_used,
     fresh_stack,
     log,
+    manage,
     repeats_for,
     speech_file,
     start_web,
     start_worker,
     stop_process,
+    tree_cpu_seconds,
     whisper_alone,
 )
 from bench.wer import JFK_REFERENCE, word_error_rate
@@ -52,13 +57,43 @@ CHUNKS = ("900", "300")
 QUICK_CHUNKS = ("120", "75")
 
 
-def upload_to_done(service: Service, audio: Path) -> tuple[float, dict[str, Any]]:
-    """Seconds from sending the upload to reading `done` on its stream; the finished run."""
+@dataclass
+class Measured:
+    seconds: float  # from sending the upload to reading `done` on its stream
+    run: dict[str, Any]  # the finished run
+    cpu: dict[str, float]  # CPU seconds each process used meanwhile
+    timeline: list[dict[str, Any]]  # the run's jobs
+
+
+def upload_to_done(service: Service, audio: Path, processes: list[Proc]) -> Measured:
+    """Send `audio`, follow its run to `done`; what `processes` used meanwhile."""
+    cpu_before = tree_cpu_seconds(processes)
     started = time.perf_counter()
     run = service.submit(audio)
     service.follow_until_done(run, timeout=1800)
     seconds = time.perf_counter() - started
-    return seconds, service.run(run["runId"])
+    cpu = cpu_used(cpu_before, tree_cpu_seconds(processes))
+    return Measured(
+        seconds=seconds,
+        run=service.run(run["runId"]),
+        cpu=cpu,
+        timeline=job_timeline(service.stack.env, run["runId"]),
+    )
+
+
+def job_timeline(env: dict[str, str], run_id: str) -> list[dict[str, Any]]:
+    """The run's jobs from the job table: type, the worker process that ran it, and when it
+    started and finished, in seconds from the run's creation."""
+    script = (
+        "import json\n"
+        "from transcription.models import TranscriptRun\n"
+        f"run = TranscriptRun.objects.get(pk={run_id!r})\n"
+        "def at(t): return None if t is None else round((t - run.created_at).total_seconds(), 2)\n"
+        "print(json.dumps([{'type': j.job_type, 'worker': j.locked_by or j.picked_by,"
+        " 'queued': at(j.created_at), 'started': at(j.started_at), 'finished': at(j.finished_at)}"
+        " for j in run.jobs.order_by('created_at', 'started_at')]))"
+    )
+    return list(json.loads(manage(env, "shell", "-v0", "-c", script)))
 
 
 def machine_ceiling(env: dict[str, str], minutes: float) -> dict[str, float]:
@@ -90,41 +125,43 @@ def measure(*, quick: bool = False) -> dict[str, Any]:
         env = {**stack.env, **ONE_THREAD_CLUSTER}
         with Service.start(stack, "one", **ONE_THREAD_CLUSTER) as service:
             log(f"chunked: {audio.minutes:.1f} min, split, one cluster")
-            one, run_one = upload_to_done(service, audio.path)
-            log(f"chunked: one cluster {one:.1f} s; a second cluster joins")
+            one = upload_to_done(service, audio.path, [service.web, service.worker])
+            log(f"chunked: one cluster {one.seconds:.1f} s; a second cluster joins")
             second = start_worker(env, stack.logs, "worker-two")
             try:
-                two, run_two = upload_to_done(service, audio.path)
+                two = upload_to_done(service, audio.path, [service.web, service.worker, second])
             finally:
                 stop_process(second, 90)
-            log(f"chunked: two clusters {two:.1f} s; unsplit, one cluster")
+            log(f"chunked: two clusters {two.seconds:.1f} s; unsplit, one cluster")
             # The split is decided at upload: a web process that never splits, same cluster.
             web, base = start_web({**env, "CHUNK_LONGER_THAN_SECONDS": "0"}, stack.logs, "web-0")
             unsplit_service = Service(stack=stack, web=web, worker=service.worker, base=base)
             try:
-                whole, run_whole = upload_to_done(unsplit_service, audio.path)
+                whole = upload_to_done(unsplit_service, audio.path, [web, service.worker])
             finally:
                 unsplit_service.client.close()
                 stop_process(web, 15)
-            log(f"chunked: unsplit, one cluster {whole:.1f} s; faster-whisper alone, 1 and 2")
+            log(f"chunked: unsplit, one cluster {whole.seconds:.1f} s; faster-whisper alone")
         ceiling = machine_ceiling(env, int(seconds) / 60)
     reference = " ".join([JFK_REFERENCE] * audio.repeats)
-    split_wer = word_error_rate(reference, run_two["text"])
-    unsplit_wer = word_error_rate(reference, run_whole["text"])
+    split_wer = word_error_rate(reference, two.run["text"])
+    unsplit_wer = word_error_rate(reference, whole.run["text"])
     return {
         "audio_minutes": round(audio.minutes, 2),
         "chunk_longer_than_seconds": int(longer_than),
         "chunk_seconds": int(seconds),
-        "pieces": sum(job["jobType"] == "transcribe_chunk" for job in run_two["jobs"]),
-        "one_cluster_s": round(one, 2),
-        "two_clusters_s": round(two, 2),
-        "ratio": round(two / one, 3),
-        "unsplit_one_cluster_s": round(whole, 2),
+        "pieces": sum(job["jobType"] == "transcribe_chunk" for job in two.run["jobs"]),
+        "one_cluster_s": round(one.seconds, 2),
+        "two_clusters_s": round(two.seconds, 2),
+        "ratio": round(two.seconds / one.seconds, 3),
+        "unsplit_one_cluster_s": round(whole.seconds, 2),
         "split_wer": round(split_wer, 4),
-        "split_wer_one_cluster": round(word_error_rate(reference, run_one["text"]), 4),
+        "split_wer_one_cluster": round(word_error_rate(reference, one.run["text"]), 4),
         "unsplit_wer": round(unsplit_wer, 4),
         "wer_gap_points": round(100 * (split_wer - unsplit_wer), 2),
         "machine_ceiling": ceiling,
+        "jobs": {"one_cluster": one.timeline, "two_clusters": two.timeline},
+        "cpu_seconds": {"one_cluster": one.cpu, "two_clusters": two.cpu, "unsplit": whole.cpu},
     }
 
 

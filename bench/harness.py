@@ -516,3 +516,28 @@ def whisper_alone(audio: Path, times: int, env: dict[str, str], batch: str = "se
     ).stdout
     found = json.loads(out.strip().splitlines()[-1])
     return Raw(found["seconds"], found["text"], found["batch"], found["rssMib"], found["hwmMib"])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds `pid` has used so far (/proc/<pid>/stat); 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(procs: list[Proc]) -> dict[str, float]:
+    """CPU seconds used so far by each process of each tree in `procs`, keyed by the tree's
+    name and the pid (`worker-two/1234`): subtract two readings to see what a measurement
+    cost each process, the work itself and what ran beside it."""
+    return {
+        f"{proc.name}/{pid}": cpu_seconds(pid) for proc in procs for pid in process_tree(proc.pid)
+    }
+
+
+def cpu_used(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """What each process used between two `tree_cpu_seconds` readings (those that used
+    at least 0.05 s)."""
+    used = {key: after[key] - before.get(key, 0.0) for key in after}
+    return {key: round(value, 2) for key, value in used.items() if value >= 0.05}

@@ -211,6 +211,10 @@ def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpR
     the API's error shape under /api/, and Django's page elsewhere."""
     if request.path.startswith("/api/"):
         return status_error(404)
+    if request.path.startswith("/v1/"):
+        from transcription.openai_api import not_found as openai_not_found
+
+        return openai_not_found(request)
     return page_not_found(request, exception or Http404())
 
 
@@ -244,4 +248,10 @@ def server_error(request: HttpRequest) -> HttpResponse:
         return answer
     if request.path.startswith("/api/"):
         return status_error(500)
+    if request.path.startswith("/v1/"):
+        from transcription.openai_api import openai_error
+
+        return openai_error(
+            "Something went wrong on our side.", code="server_error", status_code=500
+        )
     return django_server_error(request)

@@ -204,7 +204,12 @@ class LimitedWebRequest(http_protocol.WebRequest):  # type: ignore[misc]
 
         self.refused = True
         error = error or too_large()
-        body = json.dumps(error.as_dict()).encode()
+        if (getattr(self.channel, "_path", b"") or b"").startswith(b"/v1/"):
+            from transcription.openai_api import error_body
+
+            body = json.dumps(error_body(error)).encode()  # OpenAI's shape for its clients
+        else:
+            body = json.dumps(error.as_dict()).encode()
         retry_after = "".join(f"Retry-After: {v}\r\n" for v in error.headers.values())
         head = (
             f"HTTP/1.1 {error.status_code} {http.HTTPStatus(error.status_code).phrase}\r\n"

@@ -306,6 +306,9 @@ TRANSCRIBE_SYNC_MAX_BYTES = env_int("TRANSCRIBE_SYNC_MAX_BYTES", 10 * 1024 * 102
 TRANSCRIBE_SYNC_MAX_DURATION_MS = env_int("TRANSCRIBE_SYNC_MAX_DURATION_MS", 60_000, minimum=0)
 TRANSCRIBE_SYNC_CONCURRENCY = env_int("TRANSCRIBE_SYNC_CONCURRENCY", 1, minimum=0)
 # mode=sync: how long a request waits for a busy sync slot before its file goes to the queue.
+# A /v1/ request (OpenAI's API) waits for its run; a client that goes away before the end
+# leaves the run to finish (its transcript is on the runs page) unless this is on.
+OPENAI_CANCEL_ON_DISCONNECT = env_bool("OPENAI_CANCEL_ON_DISCONNECT", False)
 TRANSCRIBE_SYNC_WAIT_MS = env_int("TRANSCRIBE_SYNC_WAIT_MS", 30_000, minimum=0)
 TASKS_INLINE_PROCESSING = env_bool("TASKS_INLINE_PROCESSING", False)
 USER_MAX_ACTIVE_RUNS = env_int("USER_MAX_ACTIVE_RUNS", 20, minimum=1)
@@ -386,6 +389,9 @@ POLL_INTERVAL = env_int("POLL_INTERVAL", 500, minimum=10)
 SQLITE_POLL_INTERVAL = env_int("SQLITE_POLL_INTERVAL", 50, minimum=10)
 # Worker processes run at this OS nice value (0: as the web), so the web answers first.
 WORKER_NICE = env_int("WORKER_NICE", 10, minimum=0)
+# Each worker process loads the default model (WHISPER_MODEL) as it starts, in a thread of its
+# own, so that its first job does not wait for it (0: on its first job).
+WORKER_PRELOAD_MODEL = env_bool("WORKER_PRELOAD_MODEL", True)
 # How long a web process may answer queue positions from its last read of the queue (0: read
 # the queue for every answer). A run the read could not know of always forces a new read.
 QUEUE_SNAPSHOT_TTL_MS = env_int("QUEUE_SNAPSHOT_TTL_MS", 1000, minimum=0)

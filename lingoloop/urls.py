@@ -7,7 +7,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 
 from lingoloop.metrics import metrics_view
 from tasks_admin.urls import queue_urls
-from transcription.urls import api_urls, web_urls
+from transcription.urls import api_urls, openai_urls, web_urls
 from webhooks.urls import api_urls as webhook_api_urls
 
 
@@ -28,6 +28,8 @@ urlpatterns = [
     path("api/", include(api_urls)),
     path("api/", include(queue_urls)),
     path("api/", include(webhook_api_urls)),
+    # OpenAI's audio API, for the clients that speak it (transcription/openai_api.py).
+    path("v1/", include(openai_urls)),
     path("admin/", admin.site.urls),
     path("metrics", metrics_view, name="metrics"),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),

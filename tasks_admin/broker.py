@@ -17,6 +17,10 @@ connection of its own: a trigger on the job table (migration 0003) notifies when
 becomes waiting, so an idle cluster starts a new job as soon as its transaction commits, and
 POLL_INTERVAL is only the safety net (a retry that falls due later, a pick hold that ran out,
 a lost connection). SQLite has no NOTIFY; there the pusher looks every SQLITE_POLL_INTERVAL.
+
+A cluster picks only for its worker processes that have no job (`idle_slots`): a job held in
+its memory is one that another, idle, cluster cannot run. So a job that ends is a reason to
+pick too, and it also notifies (migration 0005).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from django.db import (
     connection,
     transaction,
 )
-from django.db.models import Exists
+from django.db.models import Exists, Q
 from django.utils import timezone
 from django_q.brokers import Broker
 from django_q.conf import Conf
@@ -120,7 +124,9 @@ class JobBroker(Broker):
         after the interval."""
         try:
             close_old_connections()  # drops a connection that a failed pick left broken
-            picked = self.pick(limit=Conf.BULK, cluster=cluster_id())
+            cluster = cluster_id()
+            limit = Conf.BULK if cluster is None else min(Conf.BULK, self.idle_slots(cluster))
+            picked = self.pick(limit=limit, cluster=cluster) if limit > 0 else []
             if picked:
                 self.database_away = False
                 return [(str(job_id), self._package(job_id)) for job_id in picked]
@@ -141,6 +147,24 @@ class JobBroker(Broker):
             self.database_away = False
         self.due_signal.wait(Conf.POLL)
         return None
+
+    @staticmethod
+    def idle_slots(cluster: str) -> int:
+        """How many of the cluster's worker processes have no job: its processes less the
+        jobs they run and those it holds picked for them.
+
+        A cluster picks no more than that. django-q2's pusher puts what it picks into the
+        cluster's task queue and, when that is full, waits in `put` holding the job it
+        picked: without this, an idle cluster beside a busy one would find the queue's jobs
+        held by the busy one (measured: three of a split run's four chunks ran one after the
+        other on one cluster while the other, idle, waited)."""
+        now = timezone.now()
+        prefix = f"{cluster}:"
+        busy = Job.objects.filter(
+            Q(status=JobStatus.PROCESSING, locked_by__startswith=prefix)
+            | Q(status=JobStatus.QUEUED, picked_by__startswith=prefix, picked_until__gte=now)
+        ).count()
+        return max(0, Conf.WORKERS - busy)
 
     def pick(self, *, limit: int, cluster: str | None = None) -> list[uuid.UUID]:
         """Hold up to `limit` due jobs, highest priority first, then oldest; with `cluster`,

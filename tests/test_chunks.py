@@ -9,14 +9,19 @@ import os
 import shutil
 import signal
 import time
+import uuid
 from pathlib import Path
+from typing import Any
 
 import jiwer
 import numpy as np
 import pytest
 from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
 
 from tasks_admin.models import Job, JobStatus, Worker
+from tasks_admin.services import job_enqueue
 from tests.conftest import (
     JFK_REFERENCE,
     long_speech,
@@ -29,12 +34,24 @@ from transcription import engine
 from transcription.chunks import (
     JOB_TYPE_CHUNK,
     JOB_TYPE_SPLIT,
+    _forget_chunks,
+    blocks,
     choose_cut,
+    chunks_retry,
     cut_pieces,
     cut_targets,
     find_cut,
+    merge_ready_chunks,
 )
-from transcription.models import ChunkStatus, RunChunk, TranscriptRun
+from transcription.models import (
+    Audio,
+    ChunkStatus,
+    PendingDeletion,
+    RunChunk,
+    RunMode,
+    RunStatus,
+    TranscriptRun,
+)
 from transcription.pcm import SAMPLE_RATE, pcm_chunks
 
 RATE = SAMPLE_RATE
@@ -126,7 +143,7 @@ def test_cut_pieces_give_back_every_sample_once_cut_at_silences(tmp_path):
     )
 
     assert len(pieces) == 5 == len(cut_targets(whole.shape[0], seconds(20))) + 1
-    assert len(beats) == len(feed)
+    assert len(beats) == len(list(blocks(iter(feed))))  # one per second of audio
     joined = []
     for index, piece in enumerate(pieces):
         with wave.open(str(piece.path)) as wav:
@@ -141,6 +158,101 @@ def test_cut_pieces_give_back_every_sample_once_cut_at_silences(tmp_path):
     for piece in pieces[1:]:  # in a pause: no louder there than jfk.flac's background noise
         assert np.abs(whole[piece.start - 800 : piece.start + 800]).max() < loudest / 10
         assert abs(piece.start - seconds(19.2) * piece.index) < seconds(15)  # near its target
+
+
+# --- The split and the merges, in the database -----------------------------------------------
+
+
+def segment(start: float, text: str) -> dict[str, Any]:
+    return {"id": 0, "start": start, "end": start + 9, "text": text}
+
+
+def split_run(owner: Any, *, pieces: int, split_status: str) -> TranscriptRun:
+    """A processing run of `pieces` 10 s chunks that have succeeded, each with one segment,
+    and its split job in `split_status`."""
+    audio = Audio.objects.create(
+        owner=owner,
+        stored_name=uuid.uuid4().hex,
+        original_filename="long.wav",
+        content_type="audio/wav",
+        size_bytes=1000,
+        duration_ms=10_000 * (pieces + 1),  # the split has one piece more to make
+        sha256=uuid.uuid4().hex * 2,
+    )
+    run = TranscriptRun.objects.create(
+        owner=owner,
+        audio=audio,
+        status=RunStatus.PROCESSING,
+        mode=RunMode.ASYNC,
+        model="tiny.en",
+        started_at=timezone.now(),
+    )
+    job_enqueue(job_type=JOB_TYPE_SPLIT, run_id=run.pk)
+    Job.objects.filter(run=run).update(status=split_status)
+    for index in range(pieces):
+        RunChunk.objects.create(
+            run=run,
+            index=index,
+            start_ms=10_000 * index,
+            end_ms=10_000 * (index + 1),
+            stored_name=f"{audio.stored_name}.chunk{index}",
+            status=ChunkStatus.SUCCEEDED,
+            progress=100.0,
+            segments=[segment(10.0 * index, f"p{index}")],
+            job=job_enqueue(job_type=JOB_TYPE_CHUNK, run_id=run.pk),
+        )
+    return run
+
+
+def test_chunks_merged_while_the_split_still_cuts_do_not_end_the_run(alice):
+    run = split_run(alice.user, pieces=2, split_status=JobStatus.PROCESSING)
+
+    with transaction.atomic():
+        assert not merge_ready_chunks(TranscriptRun.objects.get(pk=run.pk))
+
+    run.refresh_from_db()
+    assert run.status == RunStatus.PROCESSING
+    assert [s["text"] for s in run.segments] == ["p0", "p1"]
+    assert run.progress < 70, "progress counts the piece still to come"  # 2 of 3 pieces
+
+    # The split's last piece is merged by its chunk; the split's own end then ends the run,
+    # though nothing is left to merge.
+    RunChunk.objects.create(
+        run=run,
+        index=2,
+        start_ms=20_000,
+        end_ms=30_000,
+        stored_name="last",
+        status=ChunkStatus.SUCCEEDED,
+        segments=[segment(20.0, "p2")],
+    )
+    with transaction.atomic():
+        assert not merge_ready_chunks(TranscriptRun.objects.get(pk=run.pk))
+    Job.objects.filter(run=run, job_type=JOB_TYPE_SPLIT).update(status=JobStatus.SUCCEEDED)
+    with transaction.atomic():
+        assert merge_ready_chunks(TranscriptRun.objects.get(pk=run.pk))
+
+    run.refresh_from_db()
+    assert run.status == RunStatus.SUCCEEDED
+    assert [(s["id"], s["text"]) for s in run.segments] == [(0, "p0"), (1, "p1"), (2, "p2")]
+
+
+def test_a_split_that_did_not_finish_is_retried_whole_and_its_chunks_forgotten(alice):
+    """A split attempt killed half-way left chunks: a retry of the run must not take them
+    for the whole audio; the split attempt that follows removes them first."""
+    run = split_run(alice.user, pieces=2, split_status=JobStatus.FAILED)
+    RunChunk.objects.filter(run=run, index=1).update(status=ChunkStatus.QUEUED)
+    waiting = RunChunk.objects.get(run=run, index=1).job_id
+    TranscriptRun.objects.filter(pk=run.pk).update(status=RunStatus.FAILED)
+
+    with transaction.atomic():
+        assert not chunks_retry(TranscriptRun.objects.get(pk=run.pk))
+
+    names = set(RunChunk.objects.filter(run=run).values_list("stored_name", flat=True))
+    _forget_chunks(run.pk)
+    assert not RunChunk.objects.filter(run=run).exists()
+    assert Job.objects.get(pk=waiting).status == JobStatus.CANCELLED
+    assert set(PendingDeletion.objects.values_list("name", flat=True)) >= names
 
 
 # --- Real runs ---------------------------------------------------------------------------------
@@ -179,6 +291,9 @@ def test_two_clusters_share_a_split_run_and_watchers_see_one_ordered_transcript(
     jobs = chunk_jobs(run["runId"])
     assert len(jobs) == 5 and {job.status for job in jobs} == {JobStatus.SUCCEEDED}
     assert len({job.locked_by.split(":")[0] for job in jobs}) == 2, "one cluster did it all"
+    split = Job.objects.get(run_id=run["runId"], job_type=JOB_TYPE_SPLIT)
+    assert split.finished_at is not None
+    assert jobs[0].created_at < split.finished_at, "the first piece waited for the whole split"
 
     # What a watcher saw: every segment once, in order, ids 0..n-1, the run's own segments.
     seen = [s for e in stream.events if e.name == "update" for s in e.data.get("newSegments", [])]

@@ -97,8 +97,8 @@ def clips(folder: Path, count: int) -> list[Path]:
     return made
 
 
-def _replace_once(text: str, old: str, new: str) -> str:
-    assert text.count(old) == 1, f"deploy/nginx.conf no longer has {old!r} exactly once"
+def _replace_once(text: str, old: str, new: str, times: int = 1) -> str:
+    assert text.count(old) == times, f"deploy/nginx.conf no longer has {old!r} {times} time(s)"
     return text.replace(old, new)
 
 
@@ -122,12 +122,15 @@ def render_nginx(folder: Path, *, port: int, webs: list[str]) -> Path:
             "access_log /var/log/nginx/lingoloop.access.log lingoloop;  # CHANGE: where nginx logs",
             f"access_log {folder / 'nginx-access.log'} lingoloop;",
         ),
-        (
-            "client_max_body_size 524353536;  # CHANGE: MAX_UPLOAD_BYTES + 65536",
-            f"client_max_body_size {MAX_UPLOAD_BYTES + ENVELOPE_BYTES};",
-        ),
     ):
         site = _replace_once(site, old, new)
+    # The upload limit: /api/transcribe's and /v1/audio/'s.
+    site = _replace_once(
+        site,
+        "client_max_body_size 524353536;  # CHANGE: MAX_UPLOAD_BYTES + 65536",
+        f"client_max_body_size {MAX_UPLOAD_BYTES + ENVELOPE_BYTES};",
+        times=2,
+    )
     assert "# CHANGE" not in site, "deploy/nginx.conf has a CHANGE line this test does not set"
     (folder / "lingoloop.conf").write_text(site)
     temp_paths = "\n".join(

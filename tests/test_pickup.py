@@ -17,6 +17,7 @@ from django.utils import timezone
 from django_q.conf import Conf
 
 import tests.job_handlers  # noqa: F401  (registers the test job types)
+from tasks_admin import runner
 from tasks_admin.broker import NOTIFY_CHANNEL, DueJobSignal, JobBroker
 from tasks_admin.models import Job, JobStatus, Worker, WorkerState
 from tasks_admin.runner import CLUSTER_ENV, Outcome, run_job
@@ -72,6 +73,17 @@ def test_a_job_handed_back_to_the_queue_notifies(listener):
 
 
 @on_postgresql
+def test_a_job_that_ends_notifies_its_cluster_has_an_idle_process(listener):
+    job = job_enqueue(job_type="purge_audio")
+    assert notified(listener, 10)  # its enqueueing
+    assert job.claim("c1:box:1")
+    assert not notified(listener, 0.2)
+
+    assert job.finish("c1:box:1", JobStatus.SUCCEEDED)
+    assert notified(listener, 10)
+
+
+@on_postgresql
 @pytest.mark.django_db(transaction=True)
 def test_the_pusher_wakes_on_notify_long_before_its_poll():
     signal = DueJobSignal()
@@ -107,6 +119,7 @@ def test_an_idle_worker_starts_a_job_long_before_its_safety_poll(service):
 def in_cluster(monkeypatch: pytest.MonkeyPatch) -> Worker:
     """This test process as a process of a running worker cluster."""
     monkeypatch.setenv(CLUSTER_ENV, "c1")
+    monkeypatch.setattr(runner, "_worker_id", None)  # made afresh, in the cluster
     return Worker.objects.create(id="c1", host="box", pid=1)
 
 
@@ -138,8 +151,34 @@ def test_a_pick_checks_its_cluster_in_its_own_query(in_cluster, monkeypatch):
     with CaptureQueriesContext(connection) as queries:
         assert [job_id for job_id, _ in JobBroker().dequeue() or []] == [str(job.pk)]
 
-    first = statements(queries)[0]
-    assert first.startswith('SELECT "job"."id"') and '"worker"' in first
+    pick = [sql for sql in statements(queries) if sql.startswith('SELECT "job"."id"')]
+    assert len(pick) == 1 and '"worker"' in pick[0]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_cluster_picks_only_for_its_worker_processes_without_a_job(in_cluster, monkeypatch):
+    """django-q2's pusher holds what it picks until a worker process is free: a cluster
+    that picked beyond its idle processes would keep jobs from an idle cluster beside it."""
+    monkeypatch.setattr(Conf, "POLL", 0)
+    monkeypatch.setattr(Conf, "WORKERS", 2)
+    first, second, third = (job_enqueue(job_type="test.record") for _ in range(3))
+    broker = JobBroker()
+
+    def picked() -> list[str]:
+        return [job_id for job_id, _ in broker.dequeue() or []]
+
+    assert picked() == [str(first.pk)]
+    assert picked() == [str(second.pk)]
+    assert picked() == [], "both processes have a job waiting for them"
+    assert first.claim("c1:box:11", cluster="c1")  # a worker process starts it
+    assert picked() == []
+    # Another cluster's jobs are not this cluster's.
+    Worker.objects.create(id="c2", host="box", pid=2)
+    assert job_enqueue(job_type="test.record").claim("c2:box:21")
+    assert picked() == []
+
+    assert first.finish("c1:box:11", JobStatus.SUCCEEDED)
+    assert picked() == [str(third.pk)]
 
 
 @pytest.mark.parametrize("state", [WorkerState.PAUSED, WorkerState.STOPPING])

@@ -3,13 +3,19 @@
 An async run longer than CHUNK_LONGER_THAN_SECONDS gets a `transcribe_split` job instead of a
 `transcribe_long` one. The split job decodes the audio once, a little at a time, cuts it at
 silences into pieces of about CHUNK_SECONDS (`cut_pieces`), keeps each piece as a 16 kHz mono
-WAV in the audio storage, and, in the transaction that ends it, creates a `RunChunk` row and a
-`transcribe_chunk` job per piece. Any worker of any cluster takes chunk jobs as it takes any
-other job; each chunk job transcribes its piece and keeps its segments (times in the whole
-audio) as soon as it succeeds. Holding the run's row lock, it then copies every chunk that is
-now contiguous from the front into the run's transcript (`merge_ready_chunks`), so segments
-reach the run, and its watchers' `newSegments`, in order and each once; the last merge ends
-the run.
+WAV in the audio storage and, as soon as it is stored, creates its `RunChunk` row and its
+`transcribe_chunk` job: another worker starts on the first piece while the split cuts the
+rest (measured: the serial cut of a 20-minute file took 4-5 s of a two-cluster run's 36 s).
+Any worker of any cluster takes chunk jobs as it takes any other job; each chunk job
+transcribes its piece and keeps its segments (times in the whole audio) as soon as it
+succeeds. Holding the run's row lock, it then copies every chunk that is now contiguous from
+the front into the run's transcript (`merge_ready_chunks`), so segments reach the run, and
+its watchers' `newSegments`, in order and each once; the merge that finds every chunk merged
+once the split job has succeeded ends the run.
+
+A split attempt that fails, or that a later attempt replaces (its worker was killed), leaves
+no chunk behind: its own pieces are forgotten when it fails, and a split attempt starts by
+forgetting what an earlier one left (`_forget_chunks`).
 
 Everything a chunk job writes about its run (progress, segments, the end) is written under
 the run's row lock (`_locked_run`), so writers in different processes take turns, the run's
@@ -187,7 +193,7 @@ class _WavPiece:
     def write(self, samples: np.ndarray) -> None:
         # pcm_chunks made floats of 16-bit samples (x / 32768): this gives them back exactly.
         pcm = np.clip(np.rint(samples * 32768.0), -32768, 32767).astype("<i2")
-        self.out.writeframes(pcm.tobytes())
+        self.out.writeframesraw(pcm.tobytes())  # the header's sizes are written at close
 
     def close(self) -> Path:
         self.out.close()
@@ -200,6 +206,27 @@ def cut_targets(total: int, piece: int) -> list[int]:
     them finish together."""
     count = max(1, round(total / piece))
     return [total * k // count for k in range(1, count)]
+
+
+# Decoded frames are joined into blocks of about this many samples before they are cut and
+# written: an Opus frame is 20 ms, and the work per block (a heartbeat, a write) is the same
+# whatever its length.
+BLOCK_SAMPLES = SAMPLE_RATE
+
+
+def blocks(chunks: Iterable[np.ndarray], size: int = BLOCK_SAMPLES) -> Iterator[np.ndarray]:
+    """The consecutive arrays of `chunks` joined into arrays of at least `size` samples (the
+    last may be shorter)."""
+    held: list[np.ndarray] = []
+    length = 0
+    for chunk in chunks:
+        held.append(chunk)
+        length += chunk.shape[0]
+        if length >= size:
+            yield np.concatenate(held)
+            held, length = [], 0
+    if held:
+        yield np.concatenate(held)
 
 
 def cut_pieces(
@@ -216,8 +243,9 @@ def cut_pieces(
 
     Only the window around the next target and the chunk being read are held: the samples
     before the window go to the current piece's file as they come, so memory does not grow
-    with the audio or the pieces. `safe_point()` is called for every chunk read (a heartbeat:
-    it may raise to stop). Audio that turns out shorter than measured makes fewer pieces.
+    with the audio or the pieces. `safe_point()` is called for every block read (`blocks`;
+    a heartbeat: it may raise to stop). Audio that turns out shorter than measured makes
+    fewer pieces.
     """
     targets = cut_targets(total_samples, piece_samples)
     half = int(min(SEARCH_SECONDS * SAMPLE_RATE, piece_samples / 4))
@@ -227,7 +255,7 @@ def cut_pieces(
     piece_start = 0
     index = 0
     current = _WavPiece(folder)
-    for chunk in chunks:
+    for chunk in blocks(chunks):
         safe_point()
         held.append(chunk)
         held_length += chunk.shape[0]
@@ -267,17 +295,21 @@ def _locked_run(run_id: Any) -> TranscriptRun:
     return TranscriptRun.objects.select_for_update().select_related("audio").get(pk=run_id)
 
 
-def aggregate_progress(chunks: Iterable[RunChunk], now: datetime) -> tuple[float, datetime | None]:
+def aggregate_progress(
+    chunks: Iterable[RunChunk], now: datetime, *, expected_ms: int = 0
+) -> tuple[float, datetime | None]:
     """(progress, estimated finish) of a run from its chunks: the mean of their progress
-    weighted by their length, and the finish at the pace the run has made since its first
-    chunk of this attempt started (however many workers share it: two workers make the
-    pace twice as fast). Chunks that succeeded in an earlier attempt of the run (no
-    `started_at`) are the progress it started from. None until it has a pace."""
+    weighted by their length, over `expected_ms` at least (the audio's length while the
+    split still cuts: the pieces to come count as not started), and the finish at the pace
+    the run has made since its first chunk of this attempt started (however many workers
+    share it: two workers make the pace twice as fast). Chunks that succeeded in an earlier
+    attempt of the run (no `started_at`) are the progress it started from. None until it has
+    a pace."""
     rows = [
         (c.duration_ms, 100.0 if c.status == ChunkStatus.SUCCEEDED else c.progress, c.started_at)
         for c in chunks
     ]
-    total = sum(length for length, _, _ in rows) or 1
+    total = max(sum(length for length, _, _ in rows), expected_ms) or 1
     progress = sum(length * done for length, done, _ in rows) / total
     started = [at for _, _, at in rows if at is not None]
     if not started:
@@ -290,10 +322,22 @@ def aggregate_progress(chunks: Iterable[RunChunk], now: datetime) -> tuple[float
     return progress, now + timedelta(seconds=elapsed * (100 - progress) / gained)
 
 
+def split_finished(run: TranscriptRun) -> bool:
+    """Whether the run's latest split job has succeeded: every chunk of the run exists."""
+    latest = (
+        Job.objects.filter(run=run, job_type=JOB_TYPE_SPLIT)
+        .order_by("-created_at")
+        .values_list("status", flat=True)
+        .first()
+    )
+    return latest == JobStatus.SUCCEEDED
+
+
 def _publish_progress(run: TranscriptRun, new_segments: list[dict[str, Any]]) -> None:
     """Write the run's aggregate progress (never lower than it was, never 100) and ETA, and
     the merged `new_segments`; announce them. Call it holding the run's lock."""
-    progress, finish_at = aggregate_progress(run.chunks.all(), timezone.now())
+    expected = 0 if split_finished(run) else run.audio.duration_ms
+    progress, finish_at = aggregate_progress(run.chunks.all(), timezone.now(), expected_ms=expected)
     changes: dict[str, Any] = {
         "progress": max(run.progress, min(progress, PROGRESS_CEILING)),
         "estimated_finish_at": finish_at,
@@ -365,8 +409,9 @@ def _shifted(segment: dict[str, Any], offset: float) -> dict[str, Any]:
 def merge_ready_chunks(run: TranscriptRun) -> bool:
     """Append to the run's transcript every succeeded chunk that follows it without a gap
     (segment ids renumbered to go on from the run's), and announce them as `newSegments`;
-    when that was the last chunk, the run has succeeded. Call it holding the run's lock, on
-    a processing run. Returns whether the run is finished."""
+    once every chunk is merged and the split has made them all (`split_finished`), the run
+    has succeeded. Call it holding the run's lock, on a processing run. Returns whether the
+    run is finished."""
     chunks = list(run.chunks.order_by("index"))
     new: list[dict[str, Any]] = []
     merging: list[RunChunk] = []
@@ -378,11 +423,17 @@ def merge_ready_chunks(run: TranscriptRun) -> bool:
         merging.append(chunk)
         base = len(run.segments) + len(new)
         new += [{**segment, "id": base + i} for i, segment in enumerate(chunk.segments)]
-    if not merging:
+    if merging:
+        RunChunk.objects.filter(pk__in=[chunk.pk for chunk in merging]).update(merged=True)
+    if not chunks or len(merging) < sum(not chunk.merged for chunk in chunks):
+        if merging:
+            _publish_progress(run, new)
         return False
-    RunChunk.objects.filter(pk__in=[chunk.pk for chunk in merging]).update(merged=True)
-    if len(merging) < sum(not chunk.merged for chunk in chunks):
-        _publish_progress(run, new)
+    # Every chunk made so far is merged; the run ends if the split made the last one. (The
+    # split's own end comes here too: the chunks may all have been merged before it.)
+    if not split_finished(run):
+        if merging:
+            _publish_progress(run, new)
         return False
     segments = [*run.segments, *new]
     first = chunks[0]
@@ -422,9 +473,10 @@ def chunks_retry(run: TranscriptRun) -> bool:
     """Queue again the chunks of a failed or cancelled run that did not succeed, each with
     a new job; those that succeeded keep their result and are merged again from the front.
     Call it inside the retry's transaction, the run queued again. False when the run was
-    never split into chunks (its split job is what to retry)."""
+    never split into chunks, or its split did not finish (its split job is what to retry:
+    it starts by forgetting the chunks an unfinished split made)."""
     chunks = list(run.chunks.order_by("index"))
-    if not chunks:
+    if not chunks or not split_finished(run):
         return False
     RunChunk.objects.filter(run=run).update(merged=False, started_at=None)
     for chunk in chunks:
@@ -447,20 +499,33 @@ def chunks_retry(run: TranscriptRun) -> bool:
 # --- The job handlers -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class StoredPiece:
-    index: int
-    start_ms: int
-    end_ms: int
-    stored_name: str
-
-
 def _ms(samples: int) -> int:
     return samples * 1000 // SAMPLE_RATE
 
 
+def _forget_chunks(run_id: Any, chunk_ids: Iterable[int] | None = None) -> None:
+    """Remove the run's chunks (`chunk_ids` only, when given) with their queued jobs and
+    their pieces in the storage: those of a split attempt that failed or was replaced, which
+    the next attempt cuts again. A chunk job in flight finds its chunk gone at its next safe
+    point and stops (`ChunkHandler._chunk`)."""
+    with transaction.atomic():
+        _locked_run(run_id)
+        chunks = RunChunk.objects.filter(run=run_id)
+        if chunk_ids is not None:
+            chunks = chunks.filter(pk__in=list(chunk_ids))
+        rows = list(chunks.values_list("pk", "job", "stored_name"))
+        if not rows:
+            return
+        Job.objects.filter(pk__in=[job for _, job, _ in rows], status=JobStatus.QUEUED).update(
+            status=JobStatus.CANCELLED, finished_at=timezone.now(), picked_by="", picked_until=None
+        )
+        RunChunk.objects.filter(pk__in=[pk for pk, _, _ in rows]).delete()
+        storage.delete_later(name for _, _, name in rows)
+
+
 class SplitHandler(TranscribeHandler):
-    """`transcribe_split`: cuts a long run's audio into pieces and queues a job for each.
+    """`transcribe_split`: cuts a long run's audio into pieces and queues a job for each as
+    soon as it is stored.
 
     Its hooks other than `run` and `succeeded` are a whole run's: its start starts the run
     afresh, its failure fails the run, a retry or a lost lease puts the run back in line."""
@@ -468,11 +533,12 @@ class SplitHandler(TranscribeHandler):
     def __init__(self) -> None:
         super().__init__(JOB_TYPE_SPLIT)
 
-    def run(self, attempt: Attempt) -> list[StoredPiece]:  # type: ignore[override]
+    def run(self, attempt: Attempt) -> int:  # type: ignore[override]
         run = self._run(attempt.job)
         if run.audio.purged_at is not None:
             raise PermanentError("audio_missing", "The audio file is no longer stored.")
-        stored: list[StoredPiece] = []
+        _forget_chunks(run.pk)  # what an earlier attempt, killed half-way, made
+        made: list[int] = []
         try:
             with (
                 audio_file(run.audio.stored_name) as path,
@@ -488,14 +554,41 @@ class SplitHandler(TranscribeHandler):
                             f"the audio store cannot be reached: {exc.detail}",
                         ) from exc
                     piece.path.unlink(missing_ok=True)  # an object store leaves it here
-                    stored.append(StoredPiece(piece.index, _ms(piece.start), _ms(piece.end), name))
-                    self._check_cancel(run)
+                    made.append(self._queue_chunk(attempt, run, piece, name))
         except BaseException:
-            # This attempt's pieces serve nothing now; the next attempt cuts its own.
-            storage.delete_later(piece.stored_name for piece in stored)
+            # This attempt's chunks serve nothing now; the next attempt cuts its own.
+            _forget_chunks(run.pk, made)
             raise
-        logger.info("run %s: cut into %d pieces", run.pk, len(stored))
-        return stored
+        logger.info("run %s: cut into %d pieces", run.pk, len(made))
+        return len(made)
+
+    @staticmethod
+    def _queue_chunk(attempt: Attempt, run: TranscriptRun, piece: Piece, name: str) -> int:
+        """The piece's chunk and its job, at once: a worker may start on it while the rest
+        is cut. Only while this attempt still holds the split job, on a run still going."""
+        stop: Exception | None = None
+        with transaction.atomic():
+            locked = _locked_run(run.pk)
+            if not Job.objects.filter(
+                pk=attempt.job.pk, status=JobStatus.PROCESSING, locked_by=attempt.worker_id
+            ).exists():
+                stop = ClaimLost(f"split job {attempt.job.pk} is no longer this attempt's")
+            elif locked.status != RunStatus.PROCESSING or locked.cancel_requested_at is not None:
+                stop = Cancelled()
+            else:
+                chunk = RunChunk.objects.create(
+                    run=locked,
+                    index=piece.index,
+                    start_ms=_ms(piece.start),
+                    end_ms=_ms(piece.end),
+                    stored_name=name,
+                    job=job_enqueue(job_type=JOB_TYPE_CHUNK, run_id=run.pk, priority=run.priority),
+                )
+                announce_queue_positions()
+        if stop is not None:
+            storage.delete_later([name])  # after the transaction: its row must stay
+            raise stop
+        return chunk.pk
 
     def _cut(
         self, attempt: Attempt, run: TranscriptRun, path: Path, folder: Path
@@ -518,31 +611,15 @@ class SplitHandler(TranscribeHandler):
             logger.warning("decoding %s failed: %s", path.name, exc)
             raise PermanentError("undecodable", "The audio could not be decoded.") from None
 
-    @staticmethod
-    def _check_cancel(run: TranscriptRun) -> None:
-        if TranscriptRun.objects.filter(pk=run.pk, cancel_requested_at__isnull=False).exists():
-            raise Cancelled()
-
-    def succeeded(self, attempt: Attempt, pieces: list[StoredPiece]) -> None:  # type: ignore[override]
+    def succeeded(self, attempt: Attempt, pieces: int) -> None:  # type: ignore[override]
+        """Every chunk exists now: the run ends here if they were all merged already."""
         run = _locked_run(attempt.job.run_id)
         if run.status != RunStatus.PROCESSING or run.cancel_requested_at is not None:
-            storage.delete_later(piece.stored_name for piece in pieces)
             if run.status == RunStatus.PROCESSING:  # cancelled while it was cutting
                 self.cancelled(attempt.job)
             return
-        RunChunk.objects.bulk_create(
-            RunChunk(
-                run=run,
-                index=piece.index,
-                start_ms=piece.start_ms,
-                end_ms=piece.end_ms,
-                stored_name=piece.stored_name,
-                job=job_enqueue(job_type=JOB_TYPE_CHUNK, run_id=run.pk, priority=run.priority),
-            )
-            for piece in pieces
-        )
-        publish(run, "update", newSegments=[])
-        announce_queue_positions()
+        if not merge_ready_chunks(run):
+            publish(run, "update", newSegments=[])
 
     def media_ms(self, jobs: QuerySet[Job]) -> int:
         """None: the audio is counted by the chunk jobs that transcribe it."""

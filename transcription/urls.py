@@ -1,6 +1,6 @@
 from django.urls import URLPattern, URLResolver, include, path
 
-from transcription import api, streams, web
+from transcription import api, openai_api, streams, web
 
 # One run's resources, below /api/runs/<run_id>/.
 run_urls = [
@@ -21,6 +21,14 @@ api_urls: list[URLPattern | URLResolver] = [
     path("runs/events", streams.user_events, name="user-events"),
     path("runs/<uuid:run_id>", api.RunDetailView.as_view(), name="run-detail"),
     path("runs/<uuid:run_id>/", include(run_urls)),
+]
+
+# Below /v1/: OpenAI's audio API.
+openai_urls = [
+    path("audio/transcriptions", openai_api.transcriptions, name="openai-transcriptions"),
+    path("audio/translations", openai_api.translations, name="openai-translations"),
+    path("models", openai_api.ModelsView.as_view(), name="openai-models"),
+    path("models/<str:model>", openai_api.ModelView.as_view(), name="openai-model"),
 ]
 
 web_urls = [

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('tasks_admin', '0004_job_error_code_and_stats_indexes'),
+        ('tasks_admin', '0005_job_slot_free_notify'),
     ]
 
     operations = [
