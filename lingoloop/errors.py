@@ -8,6 +8,8 @@ the status here (`REFUSAL_STATUS`); DRF's own exceptions are translated by
 
 from __future__ import annotations
 
+import logging
+import sys
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
@@ -25,6 +27,8 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
 from lingoloop import refusals
+
+logger = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
@@ -73,6 +77,7 @@ REFUSAL_STATUS: dict[type[refusals.Refused], int] = {
     refusals.Unprocessable: status.HTTP_422_UNPROCESSABLE_ENTITY,
     refusals.Conflict: status.HTTP_409_CONFLICT,
     refusals.LimitReached: status.HTTP_429_TOO_MANY_REQUESTS,
+    refusals.InsufficientStorage: status.HTTP_507_INSUFFICIENT_STORAGE,
     refusals.Unavailable: status.HTTP_503_SERVICE_UNAVAILABLE,
     refusals.Refused: status.HTTP_400_BAD_REQUEST,  # Invalid, and any kind not named above
 }
@@ -103,11 +108,37 @@ _CODES = {
 }
 
 
+def machine_refusal(exc: BaseException) -> refusals.Refused | None:
+    """The refusal an exception from the machine under the service stands for, if it is one
+    the same request may get past later: a full disk (507) or a database that does not answer
+    (503). None for anything else, which stays a 500."""
+    from django.db import InterfaceError, OperationalError
+
+    from lingoloop import disk
+
+    if disk.is_disk_full(exc):
+        return refusals.InsufficientStorage(
+            "The server has no room to store this just now; nothing was kept. Try again later."
+        )
+    if isinstance(exc, InterfaceError) or (
+        isinstance(exc, OperationalError) and not str(exc).startswith(_SQLITE_STATEMENT_ERRORS)
+    ):
+        return refusals.DatabaseUnavailable()
+    return None
+
+
+# SQLite reports a statement it cannot run as an OperationalError too: a bug, not an outage.
+_SQLITE_STATEMENT_ERRORS = ("no such ", "near ", "table ", "too many ")
+
+
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, ApiError):
         return exc.response()
     if isinstance(exc, refusals.Refused):
         return ApiError.from_refusal(exc).response()
+    if (refusal := machine_refusal(exc)) is not None:
+        _log_machine_refusal(refusal, exc)
+        return ApiError.from_refusal(refusal).response()
     if isinstance(exc, SuspiciousOperation):
         # Django's request parsing limits (DATA_UPLOAD_MAX_*), met while DRF reads the body.
         return _parsing_limit(exc).response()
@@ -134,6 +165,11 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     return response
 
 
+def _log_machine_refusal(refusal: refusals.Refused, exc: BaseException) -> None:
+    # One line for operators, without the traceback: the cause is the machine, not the code.
+    logger.error("request refused with %s: %s: %s", refusal.code, type(exc).__name__, exc)
+
+
 def _parsing_limit(exc: SuspiciousOperation) -> ApiError:
     if isinstance(exc, RequestDataTooBig):
         return ApiError(
@@ -155,6 +191,8 @@ _STATUS_ERRORS = {
     404: ("not_found", "No such resource."),
     405: ("method_not_allowed", "This method is not allowed here."),
     413: ("request_too_large", "The request is larger than this service accepts."),
+    503: ("unavailable", "The service cannot answer just now. Try again shortly."),
+    507: ("insufficient_storage", "The server has no room to store this just now."),
     500: ("server_error", "Something went wrong on our side."),
 }
 
@@ -180,8 +218,34 @@ def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpR
     return page_not_found(request, exception or Http404())
 
 
+def machine_refusal_response(request: HttpRequest, exc: BaseException) -> HttpResponse | None:
+    """The answer to an exception from the machine (see `machine_refusal`): the API's error
+    shape under /api/, a plain sentence elsewhere (the upload page, the admin). None when it
+    is not one."""
+    refusal = machine_refusal(exc)
+    if refusal is None:
+        return None
+    _log_machine_refusal(refusal, exc)
+    error = ApiError.from_refusal(refusal)
+    response: HttpResponse
+    if request.path.startswith("/api/"):
+        response = JsonResponse(error.as_dict(), status=error.status_code)
+    else:
+        response = HttpResponse(
+            error.message, status=error.status_code, content_type="text/plain; charset=utf-8"
+        )
+    for name, value in error.headers.items():
+        response[name] = value
+    return response
+
+
 def server_error(request: HttpRequest) -> HttpResponse:
-    """`handler500`: the API's error shape under /api/, Django's page elsewhere."""
+    """`handler500`: the API's error shape under /api/, Django's page elsewhere; a 503 or 507
+    when the exception being handled was the machine's (a middleware's database read while
+    the database is down, say: views' exceptions are met by RequestGuards first)."""
+    exc = sys.exc_info()[1]
+    if exc is not None and (answer := machine_refusal_response(request, exc)) is not None:
+        return answer
     if request.path.startswith("/api/"):
         return status_error(500)
     if request.path.startswith("/v1/"):

@@ -646,6 +646,9 @@ class RedisSubscriber:
                 async with client.pubsub() as pubsub:
                     await pubsub.subscribe(redis_channel())
                     self.connected, backoff = True, 0.5
+                    # One read now: what was stored between the last poll and the
+                    # subscription was published to nobody.
+                    _poller.wake()
                     await self._receive(pubsub)
             except asyncio.CancelledError:
                 raise
@@ -653,6 +656,11 @@ class RedisSubscriber:
                 if self.connected:
                     logger.warning("lost Redis (%s); reading events from the database", exc)
             finally:
+                if self.connected:
+                    # The poller slept for REDIS_SAFETY_POLL_MS: from now on it is the
+                    # delivery path, at once (measured: with Redis killed, no event reached
+                    # a stream until that sleep ended).
+                    _poller.wake()
                 self.connected = False
                 with contextlib.suppress(Exception):
                     await client.aclose()
@@ -686,6 +694,12 @@ class DatabasePoller:
         self.known: dict[str, int] = {}
         self.watchers: dict[str, int] = {}
         self.task: asyncio.Task[None] | None = None
+        self.woken: asyncio.Event | None = None
+
+    def wake(self) -> None:
+        """Poll now, not at the end of the current interval (Redis just went or came)."""
+        if self.woken is not None:
+            self.woken.set()
 
     def watch(self, channel: str, since: int) -> None:
         self.watchers[channel] = self.watchers.get(channel, 0) + 1
@@ -708,17 +722,28 @@ class DatabasePoller:
             self.watchers[channel] = count
 
     async def run(self) -> None:
+        self.woken = woken = asyncio.Event()
+        failing = False
         while self.watchers:
             interval = (
                 settings.REDIS_SAFETY_POLL_MS
                 if _subscriber.connected
                 else settings.EVENTS_DB_POLL_MS
             )
-            await asyncio.sleep(interval / 1000)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(woken.wait(), interval / 1000)
+            woken.clear()
             try:
                 await self.poll_once()
             except Exception:
-                logger.exception("event poller failed; retrying")
+                # Once an outage (the database restarting): not a traceback every poll.
+                if not failing:
+                    logger.exception("event poller failed; retrying")
+                failing = True
+            else:
+                if failing:
+                    logger.info("event poller reads events again")
+                failing = False
 
     async def poll_once(self) -> None:
         known = dict(self.known)

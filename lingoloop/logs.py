@@ -97,6 +97,29 @@ def current_ids() -> dict[str, str]:
     return {name: ids[name] for name in CONTEXT_FIELDS if name in ids}
 
 
+class SafeStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The console handler, which never lets a log line fail the code that logs it.
+
+    logging's own handler turns an error in `emit` (a stream that cannot be written: a full
+    disk under the log file, a closed pipe) into `handleError`, but not one in its filters:
+    a record that cannot be formatted (`logger.info("%s %s", one)`, an argument whose
+    `__str__` raises) raised out of the logging call from RedactSecretsFilter's
+    `getMessage()`, and a request that logged it answered 500. Here any error of the
+    handler's is `handleError`'s: the line is lost, with one note on standard error when it
+    can still be written."""
+
+    def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override]
+        try:
+            return bool(super().handle(record))
+        except Exception:
+            self.handleError(record)
+            return False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):
+            super().handleError(record)
+
+
 class ServerErrorsOnly(logging.Filter):
     """On `django.request`: only 5xx answers. Django logs each 4xx as a warning ("Not Found:
     /x") that the access log line already says, with the same request id."""

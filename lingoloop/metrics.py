@@ -47,6 +47,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
+from lingoloop import disk
 from lingoloop.errors import ApiError
 from lingoloop.login_throttle import client_address
 from lingoloop.middleware import SyncAndAsyncMiddleware
@@ -375,13 +376,38 @@ class _Guarded:
             return []
 
 
+class DiskCollector:
+    """lingoloop_disk_free_bytes by folder (lingoloop.disk) and the threshold below which
+    uploads are refused and workers pick nothing: alert on their ratio before users see 507."""
+
+    def collect(self) -> Iterable[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        free = GaugeMetricFamily(
+            "lingoloop_disk_free_bytes",
+            "Free space of the file system under each folder the service writes to, as this "
+            "web process sees it (data: DATA_DIR, uploadTemp: DATA_DIR/tmp, systemTemp: where "
+            "request bodies are spooled).",
+            labels=["folder"],
+        )
+        for folder in disk.space():
+            if folder.free_bytes is not None:
+                free.add_metric([folder.name], folder.free_bytes)
+        yield free
+        yield GaugeMetricFamily(
+            "lingoloop_disk_min_free_bytes",
+            "MIN_FREE_DISK_BYTES: below it uploads are refused (507) and workers pick no jobs.",
+            value=settings.MIN_FREE_DISK_BYTES,
+        )
+
+
 def exposition(accept: str | None) -> tuple[bytes, str]:
     """Every process's metrics and the registered collectors' in the format `accept` asks
     for (Prometheus text, or OpenMetrics): (body, content type)."""
     _forget_dead_gauges()
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=str(folder()))
-    for collector in _collectors:
+    for collector in [DiskCollector(), *_collectors]:
         registry.register(_Guarded(collector))
     encoder, content_type = choose_encoder(accept or "")
     return encoder(registry), content_type

@@ -11,11 +11,15 @@ upload left behind.
   the same way by DRF's and Django's own field validation.
 * The temporary files of a request's uploads are deleted before its answer leaves, not after
   (Django closes them only once the response is sent). A view keeps an upload by moving it; a
-  client that reads a refusal finds nothing of its upload on disk, not for a moment.
+  client that reads a refusal finds nothing of its upload on disk, not for a moment. That
+  holds for an upload whose parsing failed half-way too (a full disk).
+* An exception a view meets from the machine under the service, a full disk or a database
+  that does not answer, is a 507 or a 503 (`process_exception`), not a 500.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -24,7 +28,7 @@ from django.http import HttpRequest, HttpResponseBadRequest, JsonResponse
 from django.http.response import HttpResponseBase
 
 from lingoloop.characters import has_control_characters
-from lingoloop.errors import ApiError, status_error
+from lingoloop.errors import ApiError, machine_refusal_response, status_error
 
 
 def _is_api(request: HttpRequest) -> bool:
@@ -84,7 +88,27 @@ class SyncAndAsyncMiddleware:
         raise NotImplementedError
 
 
+def close_upload_files(request: HttpRequest) -> None:
+    """Close (and so delete) the temporary files of the request's upload handlers.
+
+    `request.close()` closes the files of a body that was parsed; a parse that failed half-way
+    (a full disk, a client gone) leaves its partial file in the handler only, and it stayed on
+    disk as long as anything held the request: on a full disk, every later upload failed too.
+    """
+    for handler in getattr(request, "_upload_handlers", None) or ():
+        file = getattr(handler, "file", None)
+        if file is not None:
+            with contextlib.suppress(OSError):
+                file.close()
+
+
 class RequestGuards(SyncAndAsyncMiddleware):
+    def process_exception(
+        self, request: HttpRequest, exception: Exception
+    ) -> HttpResponseBase | None:
+        """A full disk or an unreachable database met by a view: 507 or 503, not a 500."""
+        return machine_refusal_response(request, exception)
+
     def handle(self, request: HttpRequest) -> HttpResponseBase:
         refused = refuse_bad_query(request)
         if refused is not None:
@@ -93,6 +117,7 @@ class RequestGuards(SyncAndAsyncMiddleware):
             return _as_api_error(request, self.get_response(request))
         finally:
             request.close()
+            close_upload_files(request)
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
         refused = refuse_bad_query(request)
@@ -103,3 +128,4 @@ class RequestGuards(SyncAndAsyncMiddleware):
             return _as_api_error(request, await get_response(request))
         finally:
             request.close()
+            close_upload_files(request)

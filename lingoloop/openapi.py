@@ -51,8 +51,15 @@ _ERROR_DESCRIPTIONS = {
     415: "The body's media type is not accepted.",
     422: "The audio cannot be used: no audio stream, no length, too long or undecodable.",
     429: "Too many requests: see `Retry-After`.",
-    503: "A service it needs (the audio store) cannot be reached now: see `Retry-After`.",
+    503: "A service it needs (the database, the audio store) cannot be reached now: see "
+    "`Retry-After`.",
+    507: "The server has no room to store the upload (its disk is full, or below "
+    "MIN_FREE_DISK_BYTES): nothing was kept; see `Retry-After`.",
 }
+_GUARD_503 = (
+    "The database does not answer just now (`database_unavailable`): nothing was done; see "
+    "`Retry-After`."
+)
 
 
 def error_responses(*codes: int, **descriptions: str) -> dict[int, OpenApiResponse]:
@@ -77,7 +84,8 @@ def document_request_guards(
     result: dict[str, Any], generator: Any, request: Any, public: bool
 ) -> dict[str, Any]:
     """POSTPROCESSING_HOOKS entry, last: every operation may answer 400 (the middleware's
-    refusal of control characters comes before any view), and every free-text query
+    refusal of control characters comes before any view) and 503 (a database that does not
+    answer, lingoloop.errors.machine_refusal), and every free-text query
     parameter and request-body field says which characters it takes (the middleware and
     lingoloop.parsers.StrictJSONParser refuse the rest)."""
     components = result.get("components", {}).get("schemas", {})
@@ -85,15 +93,16 @@ def document_request_guards(
         for operation in operations.values():
             if not isinstance(operation, dict) or "responses" not in operation:
                 continue
-            operation["responses"].setdefault(
-                "400",
-                {
-                    "description": _GUARD_400,
-                    "content": {
-                        "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
+            for code, description in (("400", _GUARD_400), ("503", _GUARD_503)):
+                operation["responses"].setdefault(
+                    code,
+                    {
+                        "description": description,
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
+                        },
                     },
-                },
-            )
+                )
             for parameter in operation.get("parameters", []):
                 schema = parameter.get("schema", {})
                 if parameter.get("in") == "query" and _is_free_text(schema):

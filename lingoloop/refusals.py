@@ -47,6 +47,32 @@ class Unavailable(Refused):
         self.retry_after = max(1, retry_after)
 
 
+class InsufficientStorage(Unavailable):
+    """The machine has no room to keep what the request sends (a full disk, or free space
+    below MIN_FREE_DISK_BYTES). Everything the request wrote was removed again."""
+
+    def __init__(self, message: str = "", *, retry_after: int = 60) -> None:
+        super().__init__(
+            "insufficient_storage",
+            message
+            or "The server has no room to store this upload just now; nothing was kept. "
+            "Try again later.",
+            retry_after=retry_after,
+        )
+
+
+class DatabaseUnavailable(Unavailable):
+    """The database does not answer (stopped, restarting, unreachable): nothing was done."""
+
+    def __init__(self, *, retry_after: int = 5) -> None:
+        super().__init__(
+            "database_unavailable",
+            "The service's database cannot be reached just now; nothing was changed. "
+            "Try again shortly.",
+            retry_after=retry_after,
+        )
+
+
 class LimitReached(Refused):
     """A per-user limit; the same request may succeed after `retry_after` seconds."""
 

@@ -336,6 +336,11 @@ PUBLIC_URL = env_str("PUBLIC_URL", "")
 if PUBLIC_URL and not re.fullmatch(r"https?://[^/\s]+(/\S*)?", PUBLIC_URL):
     raise ImproperlyConfigured(f"PUBLIC_URL={PUBLIC_URL!r} is not an http(s) URL")
 
+# Below this much free space in the data folder or a temporary folder (lingoloop/disk.py),
+# uploads are refused before their body is read (507) and worker clusters pick no jobs. It
+# leaves room for what is already under way (SQLite, a running job's scratch files, the log).
+MIN_FREE_DISK_BYTES = env_int("MIN_FREE_DISK_BYTES", 100 * 1024 * 1024, minimum=0)
+
 # Uploads go straight to disk in chunks, never a whole file in memory, and stop at
 # MAX_UPLOAD_BYTES while they stream.
 FILE_UPLOAD_HANDLERS = ["transcription.uploads.LimitedTemporaryFileUploadHandler"]
@@ -597,7 +602,8 @@ LOGGING = {
     },
     "handlers": {
         "console": {
-            "class": "logging.StreamHandler",
+            # A line that cannot be written or formatted is lost, never the request's answer.
+            "class": "lingoloop.logs.SafeStreamHandler",
             "formatter": LOG_FORMAT,
             "filters": ["redact", "context"],
         }

@@ -13,7 +13,8 @@ hooks a stream does not need. Here a view marked `long_lived` is called straight
   them in a database thread, only when no token is given);
 * the response gets the headers Django's SecurityMiddleware and XFrameOptionsMiddleware set;
 * a disconnecting client cancels the stream, as Django's handler does;
-* an exception is logged and answered 500 in the API's error shape.
+* an exception is logged and answered 500 in the API's error shape; a database that does not
+  answer, 503.
 
 The view must authenticate and authorize by itself (no CSRF: streams are GET only) and must
 not touch the database on the event loop. Every other request goes to Django as before.
@@ -40,7 +41,7 @@ from django.urls import Resolver404, get_resolver
 from django.utils.log import log_response
 
 from lingoloop import metrics
-from lingoloop.errors import status_error
+from lingoloop.errors import machine_refusal_response, status_error
 from lingoloop.middleware import refuse_bad_query
 
 logger = logging.getLogger(__name__)
@@ -132,9 +133,12 @@ class LongLivedRoutes:
             _auth.process_request(request)
             try:
                 response = await view(request, **kwargs)
-            except Exception:
-                logger.exception("stream %s failed to open", request.path)
-                response = status_error(500)
+            except Exception as exc:
+                # The database away (a restart, say): 503, and the client tries again.
+                response = machine_refusal_response(request, exc)  # type: ignore[assignment]
+                if response is None:
+                    logger.exception("stream %s failed to open", request.path)
+                    response = status_error(500)
         response = _security.process_response(request, response)  # type: ignore[arg-type]
         response = _frames.process_response(request, response)
         if response.status_code >= 400:

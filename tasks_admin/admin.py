@@ -104,6 +104,12 @@ def _cancel_unowned(job: Job) -> str | None:
     return "only a queued job can be cancelled"
 
 
+def machine_label(worker: Worker) -> str:
+    found = [f"PICKS NO JOBS: {worker.low_disk}"] if worker.low_disk else []
+    found += [str(problem) for problem in worker.problems or []]
+    return "; ".join(found) or "ok"
+
+
 def set_worker_state(workers: QuerySet[Worker], state: str) -> int:
     """Pause (state paused) or resume (state running) clusters, as the worker API does."""
     chosen = Worker.objects.filter(pk__in=workers.values("pk"))
@@ -308,6 +314,7 @@ class WorkerAdmin(ReadOnlyModelAdmin):
         "last_seen",
         "started_at",
         "jobs_done",
+        "machine",
     ]
     list_filter = ["state", "host"]
     search_fields = ["id", "host"]
@@ -324,6 +331,11 @@ class WorkerAdmin(ReadOnlyModelAdmin):
     @admin.display(description="alive")
     def liveness(self, worker: Worker) -> str:
         return "alive" if worker.is_alive else "STALE"
+
+    @admin.display(description="machine")
+    def machine(self, worker: Worker) -> str:
+        """What its beat found wrong with its machine; a low disk stops its picks."""
+        return machine_label(worker)
 
     @admin.action(
         permissions=["change"], description="Pause (finish running jobs, claim nothing new)"

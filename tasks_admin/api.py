@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import connection
 from django.db.models import Count, Min
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
@@ -17,6 +16,7 @@ from rest_framework.views import APIView
 from lingoloop.characters import has_control_characters
 from lingoloop.errors import ApiError
 from lingoloop.openapi import error_responses
+from tasks_admin.health import service_health
 from tasks_admin.models import Job, Worker, with_current_jobs
 from tasks_admin.representations import (
     HealthSerializer,
@@ -165,25 +165,14 @@ class HealthView(APIView):
     @extend_schema(
         operation_id="getHealth",
         tags=["queue"],
-        description="Database and worker liveness; no credentials needed.",
+        description="Database and worker liveness, free disk space, damaged models; no "
+        "credentials needed.",
         responses={
             200: HealthSerializer,
             503: OpenApiResponse(HealthSerializer, "The database does not answer."),
         },
     )
     def get(self, request: Request) -> Response:
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT 1")
-        except Exception as exc:
-            health: dict[str, object] = {
-                "status": "error",
-                "database": f"error: {exc}",
-                "workers_alive": None,
-            }
-            return Response(
-                HealthSerializer(health).data, status=status.HTTP_503_SERVICE_UNAVAILABLE
-            )
-        alive = workers_alive()
-        health = {"status": "ok" if alive else "degraded", "database": "ok", "workers_alive": alive}
-        return Response(HealthSerializer(health).data)
+        health = service_health()
+        answer = status.HTTP_503_SERVICE_UNAVAILABLE if health["status"] == "error" else 200
+        return Response(HealthSerializer(health).data, status=answer)

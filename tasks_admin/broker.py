@@ -33,14 +33,20 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections, connection, transaction
+from django.db import (
+    InterfaceError,
+    OperationalError,
+    close_old_connections,
+    connection,
+    transaction,
+)
 from django.db.models import Exists, Q
 from django.utils import timezone
 from django_q.brokers import Broker
 from django_q.conf import Conf
 from django_q.signing import SignedPackage
 
-from tasks_admin.models import Job, JobStatus, Worker, WorkerState
+from tasks_admin.models import Job, JobStatus, Worker
 from tasks_admin.runner import cluster_id, current_worker_id
 
 logger = logging.getLogger(__name__)
@@ -95,6 +101,8 @@ class DueJobSignal:
 
 
 class JobBroker(Broker):
+    database_away = False
+
     def __init__(self, list_key: str | None = None) -> None:
         super().__init__(list_key)  # type: ignore[arg-type]
         self.due_signal = DueJobSignal()
@@ -120,11 +128,23 @@ class JobBroker(Broker):
             limit = Conf.BULK if cluster is None else min(Conf.BULK, self.idle_slots(cluster))
             picked = self.pick(limit=limit, cluster=cluster) if limit > 0 else []
             if picked:
+                self.database_away = False
                 return [(str(job_id), self._package(job_id)) for job_id in picked]
+        except (OperationalError, InterfaceError):
+            # The database is away (stopped, restarting): one line when it goes, one when it
+            # is back, not a traceback every poll.
+            if not self.database_away:
+                logger.exception("picking jobs: the database does not answer; trying again")
+            self.database_away = True
+            time.sleep(Conf.POLL)
+            return None
         except Exception:
             logger.exception("picking jobs failed; trying again in %s s", Conf.POLL)
             time.sleep(Conf.POLL)
             return None
+        if self.database_away:
+            logger.info("picking jobs: the database answers again")
+            self.database_away = False
         self.due_signal.wait(Conf.POLL)
         return None
 
@@ -148,8 +168,9 @@ class JobBroker(Broker):
 
     def pick(self, *, limit: int, cluster: str | None = None) -> list[uuid.UUID]:
         """Hold up to `limit` due jobs, highest priority first, then oldest; with `cluster`,
-        none unless that cluster is running (checked in the pick's own query: a paused
-        cluster picks nothing, and a pick costs no read before it).
+        none unless that cluster is running with room on its disk (checked in the pick's own
+        query: a paused cluster, or one whose beat found its scratch space below
+        MIN_FREE_DISK_BYTES, picks nothing, and a pick costs no read before it).
 
         On PostgreSQL, SKIP LOCKED lets clusters pick side by side without waiting on each
         other; the conditional UPDATE is what makes the hold exclusive on every database.
@@ -159,7 +180,8 @@ class JobBroker(Broker):
         holder = current_worker_id()
         due = Job.objects.due(now)
         if cluster is not None:
-            due = due.filter(Exists(Worker.objects.filter(pk=cluster, state=WorkerState.RUNNING)))
+            # A running cluster whose disk is low (Worker.low_disk) picks nothing either.
+            due = due.filter(Exists(Worker.objects.picking().filter(pk=cluster)))
         with transaction.atomic():
             candidates = list(
                 due.in_claim_order()

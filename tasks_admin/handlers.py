@@ -193,6 +193,27 @@ def housekeeping() -> list[Callable[[], object]]:
     return list(_housekeeping)
 
 
+_machine_checks: list[Callable[[], list[str]]] = []
+
+
+def register_machine_check(check: Callable[[], list[str]]) -> None:
+    """A quick look at something on this machine that the service needs (a model's files):
+    it returns what is wrong, in sentences fit for an operator and naming no path. Each worker
+    cluster's beat runs the checks and keeps their findings in its row; /api/health runs them
+    in the web process too, and is `degraded` while any finds something."""
+    _machine_checks.append(check)
+
+
+def machine_problems() -> list[str]:
+    problems: list[str] = []
+    for check in _machine_checks:
+        try:
+            problems.extend(check())
+        except Exception as exc:
+            problems.append(f"the check {getattr(check, '__name__', check)} failed: {exc}")
+    return problems
+
+
 def get_handler(job_type: str) -> BaseJobHandler[Any]:
     try:
         return _handlers[job_type]

@@ -234,6 +234,10 @@ class WorkerQuerySet(models.QuerySet["Worker"]):
         deleted, _ = self.filter(last_seen__lt=cutoff).delete()
         return deleted
 
+    def picking(self) -> WorkerQuerySet:
+        """Clusters that may pick jobs: running, with room on their disk."""
+        return self.filter(state=WorkerState.RUNNING, low_disk="")
+
     def pause(self) -> int:
         """Running clusters stop claiming; a stopping one is on its way out and stays so."""
         return self.filter(state=WorkerState.RUNNING).update(state=WorkerState.PAUSED)
@@ -260,6 +264,13 @@ class Worker(models.Model):
     last_seen = models.DateTimeField(default=timezone.now)
     stop_deadline = models.DateTimeField(null=True, blank=True)
     jobs_done = models.PositiveIntegerField(default=0)
+    # Why this cluster picks no job although it runs: its scratch space (the data and
+    # temporary folders of its machine) is below MIN_FREE_DISK_BYTES. Its beat measures it
+    # and the broker's pick reads it (`picking`); empty: it picks.
+    low_disk = models.CharField(max_length=300, blank=True, default="")
+    # What the machine checks (tasks_admin.handlers.register_machine_check) found wrong on
+    # its machine at its last beat: a damaged model's files, say. It still picks.
+    problems = models.JSONField(default=list, blank=True)
 
     objects = WorkerQuerySet.as_manager()
 

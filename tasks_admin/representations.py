@@ -44,6 +44,15 @@ class WorkerStatusSerializer(serializers.Serializer):
     startedAt = UtcDateTimeField(source="started_at")
     lastSeen = UtcDateTimeField(source="last_seen")
     jobsDone = serializers.IntegerField(source="jobs_done")
+    lowDisk = serializers.CharField(
+        source="low_disk",
+        help_text="Why it picks no jobs although running: its disk space is below "
+        "MIN_FREE_DISK_BYTES. Empty when it picks.",
+    )
+    problems = serializers.ListField(
+        child=serializers.CharField(),
+        help_text="What its last beat found wrong on its machine (a damaged model's files).",
+    )
     # Set on each worker by tasks_admin.models.with_current_jobs (one query for all).
     currentJobs = WorkerJobSerializer(source="current_jobs", many=True)
 
@@ -147,12 +156,31 @@ class StatsSerializer(serializers.Serializer):
     )
 
 
+class DiskSpaceSerializer(serializers.Serializer):
+    folder = serializers.CharField(
+        source="name",
+        help_text="data (DATA_DIR: SQLite, the uploads), uploadTemp (DATA_DIR/tmp) or "
+        "systemTemp (where request bodies are spooled).",
+    )
+    freeBytes = serializers.IntegerField(
+        source="free_bytes", allow_null=True, help_text="null when it cannot be measured."
+    )
+    low = serializers.BooleanField(help_text="Below MIN_FREE_DISK_BYTES: uploads are refused.")
+
+
 class HealthSerializer(serializers.Serializer):
     status = serializers.ChoiceField(
         choices=["ok", "degraded", "error"],
-        help_text="degraded: the database answers but no worker is alive.",
+        help_text="degraded: the database answers but something is wrong (no worker alive, "
+        "disk space below MIN_FREE_DISK_BYTES here or at a worker, a damaged model): "
+        "`problems` says what. error: the database does not answer.",
     )
     database = serializers.CharField(help_text='"ok", or "error: …".')
     workersAlive = serializers.IntegerField(
         source="workers_alive", allow_null=True, help_text="null when unknown."
+    )
+    disk = DiskSpaceSerializer(many=True, help_text="Free space of this web process's folders.")
+    minFreeDiskBytes = serializers.IntegerField(source="min_free_disk_bytes")
+    problems = serializers.ListField(
+        child=serializers.CharField(), help_text="Why the status is not ok, in sentences."
     )

@@ -15,11 +15,19 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import TypeVar
 
 from django.conf import settings
-from django.db import close_old_connections, connection, transaction
+from django.db import (
+    InterfaceError,
+    OperationalError,
+    close_old_connections,
+    connection,
+    transaction,
+)
 from django.db.models import F, Q
 from django.utils import timezone
 from django_q.exceptions import TimeoutException
@@ -40,6 +48,8 @@ from tasks_admin.handlers import (
 from tasks_admin.models import Job, JobStatus, Worker, WorkerState
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Set by `manage.py worker` before django-q2 forks, so every process of a cluster knows it.
 CLUSTER_ENV = "LINGOLOOP_WORKER_ID"
@@ -258,12 +268,46 @@ def _attempt(attempt: Attempt) -> Outcome:
         else:
             code, message = "error", f"The attempt failed on the server ({type(exc).__name__})."
         return _end_attempt_failed(job, worker_id, code, message)
-    with transaction.atomic():
-        if not job.finish(worker_id, JobStatus.SUCCEEDED):
-            logger.warning("job %s finished but its claim was gone: result dropped", job.pk)
-            return Outcome.LEASE_LOST
-        handler.succeeded(attempt, result)
-    return Outcome.SUCCEEDED
+
+    def write_result() -> Outcome:
+        with transaction.atomic():
+            if not job.finish(worker_id, JobStatus.SUCCEEDED):
+                logger.warning("job %s finished but its claim was gone: result dropped", job.pk)
+                return Outcome.LEASE_LOST
+            handler.succeeded(attempt, result)
+        return Outcome.SUCCEEDED
+
+    return when_the_database_answers(attempt, write_result)
+
+
+# How often an attempt whose work is done tries again to write it to a database that does
+# not answer.
+RESULT_RETRY_SECONDS = 1.0
+
+
+def when_the_database_answers(attempt: Attempt, write: Callable[[], T]) -> T:
+    """`write()`, tried again while the database does not answer and the attempt's lease
+    lasts: finished work is not thrown away for an outage shorter than the lease (the lease
+    keeper renews it as soon as the database is back, and the claim's compare-and-set inside
+    `write` still decides). Past the lease the error is raised: any cluster may have taken
+    the job back by then."""
+    warned = False
+    while True:
+        try:
+            return write()
+        except (OperationalError, InterfaceError):
+            if timezone.now() + timedelta(seconds=RESULT_RETRY_SECONDS) >= attempt.lease_until:
+                raise
+            if not warned:
+                logger.warning(
+                    "job %s: done, but the database does not answer; writing its result "
+                    "once it does (the lease lasts until %s)",
+                    attempt.job.pk,
+                    attempt.lease_until.isoformat(),
+                )
+                warned = True
+            time.sleep(RESULT_RETRY_SECONDS)
+            close_old_connections()  # the next try opens a new connection
 
 
 def _end_failed(job: Job, worker_id: str, code: str, message: str) -> Outcome:

@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
 
@@ -107,3 +108,85 @@ def _answers(client: redis.Redis) -> bool:
         return bool(client.ping())
     except redis.RedisError:
         return False
+
+
+def _redis_server(port: int) -> subprocess.Popen[bytes]:
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
+        stdout=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port, socket_connect_timeout=1)
+    wait_until(lambda: _answers(client), 10, "the private redis")
+    return server
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="no redis-server binary")
+def test_events_flow_through_the_database_while_redis_is_gone_and_through_redis_once_back(
+    processes: Processes, tmp_path: Path
+) -> None:
+    """A real worker's events to a real web process's stream, across a Redis restart (issue
+    18): killed, so nothing answers on its port, then a new redis-server on the same port."""
+    from tests.conftest import long_speech
+
+    port = free_port()
+    server = _redis_server(port)
+    try:
+        own = {
+            "REDIS_URL": f"redis://127.0.0.1:{port}/0",
+            "WHISPER_BATCH_SIZE": "0",  # sequential: updates all along the job
+            "CHUNK_LONGER_THAN_SECONDS": "0",
+        }
+        account = make_account("alice")
+        # While Redis is connected the database is read only every 600 s: what arrives
+        # sooner came by pub/sub. Without Redis the web process reads it every 50 ms.
+        base = processes.web(**own, EVENTS_DB_POLL_MS="50", REDIS_SAFETY_POLL_MS="600000")
+        web = processes.started[-1][0]
+        processes.worker(**own)
+        audio = long_speech(tmp_path / "long.wav", 12)
+        with audio.open("rb") as handle:
+            submitted = httpx.post(
+                f"{base}/api/transcribe",
+                headers={"Authorization": f"Bearer {account.token}"},
+                files={"file": (audio.name, handle)},
+                data={"mode": "async"},
+                timeout=60,
+            )
+        assert submitted.status_code == 202, submitted.text
+        run = submitted.json()
+        stream = EventStream(f"{base}{run['links']['events']}?access_token={run['eventsToken']}")
+
+        def updates() -> int:
+            return sum(e.name == "update" and e.data.get("progress", 0) > 0 for e in stream.events)
+
+        wait_until(updates, 90, "the job to make progress")
+
+        server.kill()  # Redis gone
+        server.wait()
+        gone = updates()
+        wait_until(lambda: updates() >= gone + 3, 15, "updates through the database path")
+        assert "done" not in stream.names(), "the job finished too soon for this test"
+
+        server = _redis_server(port)  # back, on the same port, with nothing of the old one
+        client = redis.Redis(port=port, decode_responses=True)
+        wait_until(lambda: subscriptions_of(client, web.pid), 30, "the web process to resubscribe")
+        back = updates()
+        wait_until(lambda: updates() >= back + 3, 15, "updates through Redis again")
+        # Its end, without waiting for the rest of the transcription.
+        cancelled = httpx.post(
+            f"{base}/api/runs/{run['runId']}/cancel",
+            headers={"Authorization": f"Bearer {account.token}"},
+            timeout=30,
+        )
+        assert cancelled.status_code in (200, 202), cancelled.text
+        stream.wait_for("done", timeout=60)
+        stream.close()
+
+        ids = [int(e.id) for e in stream.events if e.id]
+        assert ids == sorted(set(ids)), "an event was repeated or came out of order"
+        assert stream.names().count("done") == 1
+        assert stream.events[-1].data["status"] == "cancelled"
+        for process, _log in processes.started:
+            assert process.poll() is None  # nothing was restarted
+    finally:
+        server.kill()
+        server.wait()

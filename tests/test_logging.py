@@ -334,3 +334,71 @@ def test_a_sync_run_logs_its_request_run_job_and_worker_ids_in_the_web_process(s
         "job_id": str(job.pk),
         "worker_id": job.locked_by,
     }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_log_that_cannot_be_written_never_fails_a_request(service, log_format):
+    """The web process's standard output and error on /dev/full, where every write fails with
+    ENOSPC (a full disk under the log file, issue 18): its answers are the same as ever."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, free_port
+
+    port = free_port()
+    env = service.processes.env(LOG_FORMAT=log_format, LOG_LEVEL="DEBUG")
+    with open("/dev/full", "wb") as full:
+        web = subprocess.Popen(
+            [sys.executable, "-m", "lingoloop.server", "-b", "127.0.0.1", "-p", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=full,
+            stderr=full,
+            start_new_session=True,
+        )
+    service.processes.started.append((web, Path("/dev/full")))
+    service.web_url = base = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        assert web.poll() is None, "the web process died of its log"
+        try:
+            return httpx.get(f"{base}/api/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(answers, 60, "the web server to answer")
+    for _ in range(3):  # an access log line each, an upload's, a 404's warning, a 500-free run
+        assert service.api("GET", "/api/runs").status_code == 200
+        assert service.api("GET", "/api/runs/not-a-run").status_code == 404
+        run = service.post(JFK, mode="async")
+        assert run.status_code == 202, run.text
+        assert httpx.get(f"{base}/accounts/login/", timeout=10).status_code == 200
+    assert web.poll() is None
+
+
+class _FullDisk(io.StringIO):
+    def write(self, text: str) -> int:
+        raise OSError(28, "No space left on device")
+
+
+def test_a_line_that_cannot_be_formatted_or_written_is_lost_and_nothing_else(settings):
+    """The console handler of LOGGING, on a stream that fails every write: neither a record
+    that cannot be formatted (its filters call getMessage) nor one that cannot be written
+    raises out of the logging call, where it would fail the request that logged it."""
+    from logging.config import DictConfigurator
+
+    console = settings.LOGGING["handlers"]["console"]
+    assert console["class"] == "lingoloop.logs.SafeStreamHandler"
+    handler = DictConfigurator(settings.LOGGING).resolve(console["class"])(_FullDisk())
+    handler.addFilter(RedactSecretsFilter())
+    handler.addFilter(ContextFilter())
+    logger = logging.getLogger("lingoloop.tests.unwritable")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("%s and %s", "only one argument")
+        logger.warning("a line for a full disk")
+        logger.error("with a traceback", exc_info=ValueError("x"))
+    finally:
+        logger.removeHandler(handler)

@@ -377,3 +377,47 @@ def test_the_command_line_client_lists_models_and_detects_languages(service, ger
     assert json.loads(as_json.stdout)[0]["language"] == "de"
     assert refused.returncode == 1 and "English" in refused.stderr
     assert not TranscriptRun.objects.exists()
+
+
+# --- A damaged model on a real worker (issue 18) ------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_model_cut_short_on_disk_fails_its_jobs_for_good_degrades_health_and_nothing_else(
+    service, tmp_path
+):
+    """The default model's weights lose their end (a full disk during a copy, say): each job
+    that needs it fails at once with model_damaged, not after retries and not by crashing
+    its worker, which goes on with jobs for other models; health says what is wrong."""
+    import httpx
+
+    folder = tmp_path / "tiny-cut"
+    shutil.copytree(catalogue.bundled_path(), folder)
+    WhisperModelEntry.objects.create(
+        name="tiny-cut",
+        path=str(folder),
+        multilingual=False,
+        languages=["en"],
+        size_bytes=sum(path.stat().st_size for path in folder.iterdir()),
+    )
+    with (folder / "model.bin").open("r+b") as weights:
+        weights.truncate(30_000_000)
+    base = service.start_web(WHISPER_MODEL="tiny-cut")
+    worker = service.worker(WHISPER_MODEL="tiny-cut")
+
+    broken = service.submit()  # the default model
+    failed = service.wait_for_status(broken["runId"], "failed", timeout=60)
+    assert failed.error_code == "model_damaged"
+    assert "damaged" in failed.error_message and str(folder) not in failed.error_message
+    assert Job.objects.get(run_id=broken["runId"]).attempts == 1  # no retry can fix it
+
+    fine = service.submit(model="tiny.en")
+    done = service.wait_for_status(fine["runId"], "succeeded", timeout=120)
+    assert REFERENCE in " ".join(words(done.text))
+    assert worker.poll() is None  # the same worker process tree, no crash loop
+
+    health = httpx.get(f"{base}/api/health", timeout=10).json()
+    assert health["status"] == "degraded"
+    problems = " ".join(health["problems"])
+    assert "'tiny-cut' is damaged" in problems and "worker " in problems
+    assert str(folder) not in problems  # no path for an anonymous reader

@@ -234,6 +234,7 @@ class TranscribeView(APIView):
                 415,
                 422,
                 429,
+                507,
                 e415="The file is not audio, or the body is not multipart/form-data.",
             ),
         },

@@ -10,7 +10,8 @@ class TranscriptionConfig(AppConfig):
         # The queue runs jobs by type; this app brings the transcription handlers, and the
         # outbox sweep and the stored files still to delete, which every worker cluster's loop
         # runs (tasks_admin never imports us).
-        from tasks_admin.handlers import register, register_housekeeping
+        from tasks_admin.handlers import register, register_housekeeping, register_machine_check
+        from transcription.catalogue import default_model_problems
         from transcription.chunks import ChunkHandler, SplitHandler
         from transcription.events import deliver_stranded_events
         from transcription.jobs import (
@@ -32,6 +33,7 @@ class TranscriptionConfig(AppConfig):
         register(PurgeAudioHandler(), every=PURGE_EVERY, when=retention_is_on)
         register_housekeeping(deliver_stranded_events)
         register_housekeeping(delete_pending)
+        register_machine_check(default_model_problems)
         post_delete.connect(stored_row_deleted, sender=Audio, dispatch_uid="audio-file")
         # In each worker process as it starts: the default model, loaded before its first job.
         from django_q.signals import post_spawn

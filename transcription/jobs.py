@@ -12,11 +12,17 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from uuid import UUID
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import (
+    InterfaceError,
+    OperationalError,
+    close_old_connections,
+    connection,
+    transaction,
+)
 from django.db.models import F, Func, JSONField, QuerySet, Sum, Value
 from django.urls import reverse
 from django.utils import timezone
@@ -61,6 +67,8 @@ logger = logging.getLogger(__name__)
 
 # At most this often a run's progress is written and an `update` sent as segments arrive; the
 # last one before `done` always goes out.
+T = TypeVar("T")
+
 UPDATE_INTERVAL_SECONDS = 0.5
 # A processing run gets an `update` at least this often (DESIGN.md asks for one every 2 s),
 # segments or not: loading the model, or inside a long window or batch of the engine, its
@@ -215,6 +223,7 @@ class ProgressWriter:
         self.last_flush = time.monotonic()
         self.lock = threading.Lock()
         self.detected: dict[str, Any] = {}
+        self.database_away = False  # logged once an outage, not at every segment
 
     def window(self, start: float, end: float) -> None:
         with self.lock:
@@ -229,13 +238,45 @@ class ProgressWriter:
         # Every segment checks the claim (a heartbeat reads only memory) and honours a
         # cancel: the engine loop's safe point.
         self.attempt.heartbeat()
-        if TranscriptRun.objects.filter(pk=self.run.pk, cancel_requested_at__isnull=False).exists():
+        if self._outlasting_the_database(self._cancel_requested, default=False):
             raise Cancelled()
         with self.lock:
             self.unsent.append(item)
             self.clock.point(progress, time.monotonic())
             if time.monotonic() - self.last_flush >= UPDATE_INTERVAL_SECONDS:
-                self.flush()
+                self._outlasting_the_database(self.flush, default=None)
+
+    def _cancel_requested(self) -> bool:
+        return TranscriptRun.objects.filter(
+            pk=self.run.pk, cancel_requested_at__isnull=False
+        ).exists()
+
+    def _outlasting_the_database(self, step: Callable[[], T], *, default: T) -> T:
+        """`step`, or `default` when the database does not answer (stopped, restarting).
+
+        The engine goes on meanwhile: a database shorter away than the lease costs the
+        attempt nothing (the lease keeper holds on, LeaseKeeper). What a failed flush did not
+        write stays unsent, to go out with the next flush, in the same order and once (its
+        event is stored in the transaction that writes it). A cancel is seen at the first
+        segment after the database is back."""
+        try:
+            value = step()
+        except (OperationalError, InterfaceError):
+            if not self.database_away:
+                logger.warning(
+                    "run %s: the database does not answer; transcribing on, its progress is "
+                    "written once it is back",
+                    self.run.pk,
+                    exc_info=True,
+                )
+            self.database_away = True
+            self.last_flush = time.monotonic()  # the next try waits an update interval
+            close_old_connections()  # the next try opens a new connection
+            return default
+        if self.database_away:
+            logger.info("run %s: the database answers again", self.run.pk)
+            self.database_away = False
+        return value
 
     def tick(self) -> float:
         """The ticker's turn: an `update` if none went out for QUIET_UPDATE_SECONDS. Returns
@@ -243,7 +284,7 @@ class ProgressWriter:
         with self.lock:
             quiet = time.monotonic() - self.last_flush
             if quiet >= QUIET_UPDATE_SECONDS:
-                self.flush()
+                self._outlasting_the_database(self.flush, default=None)
                 quiet = 0.0
         return QUIET_UPDATE_SECONDS - quiet
 

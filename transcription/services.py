@@ -33,10 +33,10 @@ from django.core.files.uploadedfile import UploadedFile
 from django.db import IntegrityError, connections, transaction
 from django.utils import timezone
 
-from lingoloop import metrics
+from lingoloop import disk, metrics
 from lingoloop.characters import has_control_characters
 from lingoloop.malloc import release_free_memory
-from lingoloop.refusals import Conflict, Invalid, LimitReached
+from lingoloop.refusals import Conflict, InsufficientStorage, Invalid, LimitReached
 from tasks_admin.models import Job, JobStatus
 from tasks_admin.runner import run_job
 from tasks_admin.services import job_enqueue
@@ -108,6 +108,12 @@ def run_submit(
                 with storage.known_local_copy(stored.name, stored.local_path):
                     transcribe_here(run)
         return run, True
+    except Exception as exc:
+        # No room to keep it (the move into storage, SQLite's writes): everything it wrote
+        # goes below, and the transaction that would have made its rows was rolled back.
+        if disk.is_disk_full(exc):
+            raise InsufficientStorage() from exc
+        raise
     finally:
         if run is None and stored is not None:  # refused, or it lost the race
             storage.discard(stored.name)
@@ -266,9 +272,13 @@ def spool_upload(upload: UploadedFile) -> Path:
     if temporary_path is not None:
         return Path(temporary_path())
     handle, name = tempfile.mkstemp(dir=settings.UPLOAD_TEMP_DIR)
-    with os.fdopen(handle, "wb") as out:
-        for chunk in upload.chunks():
-            out.write(chunk)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            for chunk in upload.chunks():
+                out.write(chunk)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
     return Path(name)
 
 

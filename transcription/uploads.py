@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from django.conf import settings
@@ -26,7 +27,7 @@ class LimitedTemporaryFileUploadHandler(TemporaryFileUploadHandler):
 
     A request that announces more than the limit is refused before any of its body is read;
     one that sends more than it announced is refused at the chunk that crosses the limit, and
-    its partial file is deleted.
+    its partial file is deleted; so is the partial file of a write that failed (a full disk).
     """
 
     # Room for the multipart boundaries and the small form fields beside the file.
@@ -49,4 +50,19 @@ class LimitedTemporaryFileUploadHandler(TemporaryFileUploadHandler):
         if self.received > settings.MAX_UPLOAD_BYTES:
             self.file.close()  # a NamedTemporaryFile: closing deletes the partial upload
             raise too_large()
-        return super().receive_data_chunk(raw_data, start)  # type: ignore[no-any-return]
+        try:
+            return super().receive_data_chunk(raw_data, start)  # type: ignore[no-any-return]
+        except OSError:
+            self._discard()  # a full disk: the partial file goes now, freeing what it took
+            raise
+
+    def file_complete(self, file_size: int) -> Any:
+        try:
+            return super().file_complete(file_size)  # its last buffered bytes are written here
+        except OSError:
+            self._discard()
+            raise
+
+    def _discard(self) -> None:
+        with contextlib.suppress(OSError):  # its buffer cannot be written either
+            self.file.close()

@@ -38,6 +38,8 @@
       case 415: return "This file is not audio that LingoLoop can read.";
       case 422: return "The audio is too long.";
       case 429: return "Too many requests right now. Wait a moment and try again.";
+      case 503: return "The service cannot answer just now. Try again shortly.";
+      case 507: return "The server has no room to store this upload just now. Try again later.";
       default: return "Something went wrong on the server (HTTP " + status + "). Try again later.";
     }
   }

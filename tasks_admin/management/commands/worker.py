@@ -5,7 +5,10 @@ forks the worker processes, the pusher and the monitor) and then runs the cluste
 plain loop of small units, each on its own schedule and in its own try/except, so one that
 fails (logged at ERROR with its traceback) never stops the others:
 
-- beat: `last_seen`, so operators and other clusters see this one alive;
+- beat: `last_seen`, so operators and other clusters see this one alive, and what it found
+  wrong with its machine: free space below MIN_FREE_DISK_BYTES (`low_disk`: the broker then
+  picks nothing for it until there is room again) and the machine checks' findings (a
+  damaged model: `problems`);
 - reap expired leases: jobs whose worker died go back to the queue (or fail when spent);
 - periodic jobs: queue those that are due (only while this cluster is running);
 - forget stale workers: rows of clusters that died without cleaning up;
@@ -43,8 +46,9 @@ from django.utils import timezone
 from django_q.cluster import Cluster
 from django_q.signals import post_spawn
 
+from lingoloop import disk
 from lingoloop.metrics import prepare_folder
-from tasks_admin.handlers import housekeeping
+from tasks_admin.handlers import housekeeping, machine_problems
 from tasks_admin.models import Job, Worker, WorkerState
 from tasks_admin.runner import (
     CLUSTER_ENV,
@@ -90,11 +94,34 @@ class Unit:
     do: Callable[[], object]
     every: float = BEAT_SECONDS
     next_at: float = 0.0
+    failing: bool = False  # its last run raised: logged once, not at every beat
+
+
+def low_disk() -> str:
+    """Why this cluster must not pick jobs for want of disk space, or "": a job fetches its
+    audio and cuts its pieces into DATA_DIR/tmp, and writes its results (on SQLite, into the
+    data folder). Started on a full disk, it would fail part-way and be retried for nothing."""
+    low = disk.low_folders()
+    return ("; ".join(disk.describe_low(folder) for folder in low))[:300]
 
 
 def units(worker: Worker) -> list[Unit]:
+    seen: dict[str, object] = {}
+
     def beat() -> None:
-        Worker.objects.filter(pk=worker.pk).update(last_seen=timezone.now())
+        # The machine's state rides on the beat's UPDATE: no write of its own, read by the
+        # pick (Worker.low_disk) and by /api/health and the admin.
+        state = {"low_disk": low_disk(), "problems": machine_problems()}
+        if state != seen:
+            for message in state["problems"]:
+                logger.error("worker %s: %s", worker.pk, message)
+            if state["low_disk"]:
+                logger.error("worker %s picks no jobs: %s", worker.pk, state["low_disk"])
+            elif seen.get("low_disk"):
+                logger.warning("worker %s picks jobs again: its disk has room", worker.pk)
+            seen.clear()
+            seen.update(state)
+        Worker.objects.filter(pk=worker.pk).update(last_seen=timezone.now(), **state)
 
     def periodic_jobs() -> None:
         if Worker.objects.filter(pk=worker.pk, state=WorkerState.RUNNING).exists():
@@ -167,7 +194,15 @@ def run_due(loop: list[Unit]) -> None:
         try:
             unit.do()
         except Exception:
-            logger.exception("worker loop: %s failed", unit.name)
+            # A database that is away fails every unit at every beat: its first failure is
+            # logged with the traceback, the rest of the streak only once it ends.
+            if not unit.failing:
+                logger.exception("worker loop: %s failed", unit.name)
+            unit.failing = True
+        else:
+            if unit.failing:
+                logger.info("worker loop: %s works again", unit.name)
+            unit.failing = False
 
 
 class Command(BaseCommand):
@@ -179,6 +214,7 @@ class Command(BaseCommand):
             host=socket.gethostname(),
             pid=os.getpid(),
             processes=settings.MAX_CONCURRENT_JOBS,
+            low_disk=low_disk(),  # before the pusher's first pick, not at the first beat
         )
         os.environ[CLUSTER_ENV] = worker.id
         prepare_folder()  # before django-q2 forks: its processes count into a clean folder
