@@ -170,7 +170,7 @@ class JobBroker(Broker):
         """Hold up to `limit` due jobs, highest priority first, then oldest; with `cluster`,
         none unless that cluster is running with room on its disk (checked in the pick's own
         query: a paused cluster, or one whose beat found its scratch space below
-        MIN_FREE_DISK_BYTES, picks nothing, and a pick costs no read before it).
+        MIN_FREE_DISK_BYTES, picks nothing).
 
         On PostgreSQL, SKIP LOCKED lets clusters pick side by side without waiting on each
         other; the conditional UPDATE is what makes the hold exclusive on every database.
