@@ -389,9 +389,6 @@ POLL_INTERVAL = env_int("POLL_INTERVAL", 500, minimum=10)
 SQLITE_POLL_INTERVAL = env_int("SQLITE_POLL_INTERVAL", 50, minimum=10)
 # Worker processes run at this OS nice value (0: as the web), so the web answers first.
 WORKER_NICE = env_int("WORKER_NICE", 10, minimum=0)
-# Each worker process loads the default model (WHISPER_MODEL) as it starts, in a thread of its
-# own, so that its first job does not wait for it (0: on its first job).
-WORKER_PRELOAD_MODEL = env_bool("WORKER_PRELOAD_MODEL", True)
 # How long a web process may answer queue positions from its last read of the queue (0: read
 # the queue for every answer). A run the read could not know of always forces a new read.
 QUEUE_SNAPSHOT_TTL_MS = env_int("QUEUE_SNAPSHOT_TTL_MS", 1000, minimum=0)

@@ -35,9 +35,3 @@ class TranscriptionConfig(AppConfig):
         register_housekeeping(delete_pending)
         register_machine_check(default_model_problems)
         post_delete.connect(stored_row_deleted, sender=Audio, dispatch_uid="audio-file")
-        # In each worker process as it starts: the default model, loaded before its first job.
-        from django_q.signals import post_spawn
-
-        from transcription.engine import preload_default_model
-
-        post_spawn.connect(preload_default_model, dispatch_uid="preload-model")

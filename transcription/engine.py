@@ -127,28 +127,6 @@ def get_model(name: str) -> Any:
         return model
 
 
-def preload_default_model(**_: object) -> None:
-    """In a worker process that has just started (django-q2's `post_spawn`), load the
-    default model in a thread of its own (WORKER_PRELOAD_MODEL): a job that comes meanwhile
-    waits for that load (`get_model` holds the lock) instead of starting one, and a cluster
-    that joins a busy queue takes its first job with the model ready. A model that cannot be
-    loaded is only logged here; the job that asks for it fails with the reason."""
-    if not settings.WORKER_PRELOAD_MODEL:
-        return
-
-    def load() -> None:
-        # A thread starts at its creator's priority: this one works like a job (WORKER_NICE).
-        os.setpriority(
-            os.PRIO_PROCESS, 0, max(settings.WORKER_NICE, os.getpriority(os.PRIO_PROCESS, 0))
-        )
-        try:
-            get_model(settings.WHISPER_MODEL)
-        except EngineError as exc:
-            logger.warning("preloading whisper model %s failed: %s", settings.WHISPER_MODEL, exc)
-
-    threading.Thread(target=load, name="model-preload", daemon=True).start()
-
-
 def detect_language(
     model_name: str, audio: np.ndarray
 ) -> tuple[str, float, list[tuple[str, float]]]:
