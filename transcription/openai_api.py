@@ -465,10 +465,11 @@ def _diarized(run: TranscriptRun) -> dict[str, Any]:
     }
 
 
-def _failure(run: TranscriptRun) -> JsonResponse:
+def _failure(run: TranscriptRun) -> ApiError:
+    """Why a finished run has no transcript: for the answer, or the stream's last event."""
     if run.status == RunStatus.CANCELLED:
-        return openai_error(
-            "The run was cancelled before it finished.", code="run_cancelled", status_code=409
+        return ApiError(
+            "run_cancelled", "The run was cancelled before it finished.", status_code=409
         )
     # The user's file (or request) is at fault, or the server.
     client_errors = {
@@ -478,9 +479,9 @@ def _failure(run: TranscriptRun) -> JsonResponse:
         "not_multichannel",
         "unknown_language",
     }
-    return openai_error(
+    return ApiError(
+        run.error_code or "run_failed",
         run.error_message or "The transcription failed.",
-        code=run.error_code or "run_failed",
         status_code=400 if run.error_code in client_errors else 500,
     )
 
@@ -488,7 +489,8 @@ def _failure(run: TranscriptRun) -> JsonResponse:
 def answer(run: TranscriptRun, wants: Wants) -> HttpResponse:
     """The finished run in the format asked for."""
     if run.status != RunStatus.SUCCEEDED:
-        return _failure(run)
+        failure = _failure(run)
+        return openai_error(failure.message, code=failure.code, status_code=failure.status_code)
     response: HttpResponse
     if wants.format == "json":
         response = JsonResponse({"text": run.text, "usage": _usage(run)})
@@ -518,8 +520,7 @@ async def _openai_stream(run_id: uuid.UUID, wants: Wants) -> AsyncIterator[str]:
     async for item in run_progress(run_id):
         if isinstance(item, TranscriptRun):
             if item.status != RunStatus.SUCCEEDED:
-                failure = json.loads(_failure(item).content)
-                yield _event(failure)
+                yield _event(error_body(_failure(item)))
                 return
             yield _event({"type": "transcript.text.done", "text": item.text, "usage": _usage(item)})
             return
