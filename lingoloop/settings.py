@@ -374,9 +374,11 @@ WHISPER_BATCH_SIZE: int | str = (
 )
 WHISPER_BATCHED_MIN_DURATION_MS = env_int("WHISPER_BATCHED_MIN_DURATION_MS", 30_000, minimum=0)
 # Async runs longer than CHUNK_LONGER_THAN_SECONDS (0: none) are cut at silences into pieces
-# of about CHUNK_SECONDS, each a job that any worker may take (transcription/chunks.py).
+# of about CHUNK_SECONDS, each a job that any worker may take (transcription/chunks.py). 150 s
+# pieces: 20 minutes keeps up to 8 workers busy, and content that is slower to decode in one
+# piece than in another evens out over the pieces each worker takes (bench/chunked.py).
 CHUNK_LONGER_THAN_SECONDS = env_int("CHUNK_LONGER_THAN_SECONDS", 900, minimum=0)
-CHUNK_SECONDS = env_int("CHUNK_SECONDS", 300, minimum=10)
+CHUNK_SECONDS = env_int("CHUNK_SECONDS", 150, minimum=10)
 
 # --- Job queue ----------------------------------------------------------------------------
 

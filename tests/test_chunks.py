@@ -34,6 +34,7 @@ from transcription import engine
 from transcription.chunks import (
     JOB_TYPE_CHUNK,
     JOB_TYPE_SPLIT,
+    TAPER,
     _forget_chunks,
     blocks,
     choose_cut,
@@ -64,7 +65,7 @@ CHUNKED = {
     "WHISPER_CPU_THREADS": "1",
     # A cluster that picked a chunk it cannot start yet lets another have it soon.
     "JOB_PICK_HOLD_SECONDS": "2",
-    # Pieces are decoded in batches, as the 300 s ones of the default setting are: the
+    # Pieces are decoded in batches, as the 150 s ones of the default setting are: the
     # sequential path's temperature fallback samples at random, and tiny.en then drops or
     # changes words from one run to the next.
     "WHISPER_BATCHED_MIN_DURATION_MS": "10000",
@@ -155,9 +156,25 @@ def test_cut_pieces_give_back_every_sample_once_cut_at_silences(tmp_path):
     assert all(a.end == b.start for a, b in itertools.pairwise(pieces))
     assert np.array_equal(np.concatenate(joined), whole)  # nothing lost, nothing doubled
     loudest = int(np.abs(whole).max())
+    targets = cut_targets(whole.shape[0], seconds(20))
     for piece in pieces[1:]:  # in a pause: no louder there than jfk.flac's background noise
         assert np.abs(whole[piece.start - 800 : piece.start + 800]).max() < loudest / 10
-        assert abs(piece.start - seconds(19.2) * piece.index) < seconds(15)  # near its target
+        # within the search window around its target: a quarter of a piece
+        assert abs(piece.start - targets[piece.index - 1]) <= seconds(20) // 4
+
+
+def test_pieces_taper_so_that_those_cut_last_end_with_the_others():
+    minute = seconds(60)
+
+    cuts = [0, *cut_targets(20 * minute, 5 * minute), 20 * minute]
+    lengths = [b - a for a, b in itertools.pairwise(cuts)]
+
+    assert len(lengths) == 4
+    assert lengths == sorted(lengths, reverse=True)
+    assert lengths[0] == round(5 * minute * (1 + TAPER))
+    assert lengths[-1] == round(5 * minute * (1 - TAPER))
+    assert cut_targets(4 * minute, 5 * minute) == []  # one piece: nothing to cut
+    assert len(cut_targets(3 * 3600 * SAMPLE_RATE, 5 * minute)) == 35
 
 
 # --- The split and the merges, in the database -----------------------------------------------
