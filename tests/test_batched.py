@@ -23,7 +23,7 @@ def decoded(monkeypatch) -> list[int]:
     """The batch size each window of audio is decoded with (0: sequentially); no model runs."""
     batches: list[int] = []
 
-    def decode(*args: Any) -> tuple[Any, Any]:
+    def decode(*args: Any, **kwargs: Any) -> tuple[Any, Any]:
         batches.append(args[-1])
         return iter(()), SimpleNamespace(language="en", language_probability=1.0)
 
@@ -122,9 +122,9 @@ def recording(batches: list[int]) -> Callable[..., Any]:
     """The engine's own window decoder, noting the batch size it is called with."""
     real = engine._window_segments
 
-    def decode(*args: Any) -> Any:
+    def decode(*args: Any, **kwargs: Any) -> Any:
         batches.append(args[-1])
-        return real(*args)
+        return real(*args, **kwargs)
 
     return decode
 
@@ -261,3 +261,42 @@ def test_a_gap_decoded_again_has_its_words_in_the_windows_time(tmp_path, setting
     found = [word for segment in segments for word in segment.words]
     assert found and all(12.0 <= word.start <= word.end <= 24.5 for word in found)
     assert all(12.0 <= segment.start <= segment.end <= 24.0 for segment in segments)
+
+
+def test_a_gap_in_the_tail_the_next_window_redoes_is_not_decoded_twice(tmp_path, monkeypatch):
+    """Speech left undecoded where the next window starts again is left to that window: its
+    segments would all be thrown away (a first window's tail had such a gap in most pieces
+    of a split run, up to 3.6 s of sequential decoding each)."""
+    from faster_whisper import BatchedInferencePipeline, decode_audio
+
+    real = BatchedInferencePipeline.transcribe
+
+    def dropping(self: Any, *args: Any, **kwargs: Any) -> Any:
+        segments, info = real(self, *args, **kwargs)
+        return (s for s in segments if s.start < 24), info  # the third saying is left
+
+    monkeypatch.setattr(BatchedInferencePipeline, "transcribe", dropping)
+    decoded_again: list[tuple[float, float]] = []
+    real_gap = engine._decode_gap
+
+    def gap(model: Any, audio: Any, span: tuple[float, float], *args: Any) -> Any:
+        decoded_again.append(span)
+        return real_gap(model, audio, span, *args)
+
+    monkeypatch.setattr(engine, "_decode_gap", gap)
+    audio = decode_audio(str(flac_speech(tmp_path / "talk.flac", repeats=3)))  # 36 s
+    model = engine.get_model("tiny.en")
+    speech = engine.speech_spans(audio)
+    kwargs = {"language": "en", "task": "transcribe", "beam_size": 5, "word_timestamps": False,
+              "vad_filter": False, "initial_prompt": None}  # fmt: skip
+
+    def gaps_decoded(kept_until: float | None) -> list[tuple[float, float]]:
+        decoded_again.clear()
+        engine._batched_window(model, audio, kwargs, 2, speech, kept_until=kept_until)
+        return list(decoded_again)
+
+    tail = gaps_decoded(None)  # the last window: its tail is decoded again
+    assert len(tail) == 1 and tail[0][1] == pytest.approx(36, abs=0.1)
+    start = tail[0][0]
+    assert gaps_decoded(start + 0.5) == tail  # it starts within what the window keeps
+    assert gaps_decoded(start - 0.5) == []  # it starts where the next window redoes everything

@@ -263,7 +263,7 @@ def test_hotwords_reach_the_engine_and_are_bounded(alice, monkeypatch):
 
     seen: dict[str, Any] = {}
 
-    def segments_of(model, audio, options, *rest):  # type: ignore[no-untyped-def]
+    def segments_of(model, audio, options, *rest, **kwargs):  # type: ignore[no-untyped-def]
         seen["hotwords"] = options.hotwords
         raise engine.EngineError("stop", "stop", permanent=True)
 

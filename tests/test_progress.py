@@ -297,7 +297,9 @@ def test_a_batched_runs_eta_stays_near_the_truth_through_each_burst_of_segments(
     pace = 24.0  # audio seconds decoded per (fake) wall second, in every window alike
     now = [0.0]
 
-    def decode_batched(model: Any, audio: Any, kwargs: Any, batch: int, spans: Any) -> Any:
+    def decode_batched(
+        model: Any, audio: Any, kwargs: Any, batch: int, spans: Any, **_: Any
+    ) -> Any:
         """The window decoded whole, taking its time: a segment for every 3 s of it."""
         seconds = audio.shape[0] / 16_000
         now[0] += seconds / pace

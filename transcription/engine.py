@@ -239,9 +239,12 @@ def _window_segments(
     language: str | None,
     prompt: str | None,
     batch: int,
+    *,
+    kept_until: float | None = None,
 ) -> tuple[Iterator[Any] | list[Any], Any]:
     """The window's segments: a lazy generator, each decoded as it is taken, or (batched) a
-    list, all decoded before the first is seen."""
+    list, all decoded before the first is seen. `kept_until`: the window is not the last, and
+    a segment ending after this (seconds in the window) is decoded again by the next one."""
     kwargs: dict[str, Any] = {
         "language": language,
         "task": options.task,
@@ -254,7 +257,7 @@ def _window_segments(
     if batch > 0:
         speech = speech_spans(audio)
         if speech:  # else nothing to batch: the sequential path says what it makes of it
-            return _batched_window(model, audio, kwargs, batch, speech)
+            return _batched_window(model, audio, kwargs, batch, speech, kept_until=kept_until)
     segments, info = model.transcribe(audio, **kwargs)
     return segments, info
 
@@ -335,9 +338,17 @@ def _batched_window(
     kwargs: dict[str, Any],
     batch: int,
     speech: list[tuple[float, float]],
+    *,
+    kept_until: float | None = None,
 ) -> tuple[list[Any], Any]:
     """The window decoded in batches of `speech_clips`, then its `speech_gaps` decoded
-    again sequentially; all its segments at once, in time order."""
+    again sequentially; all its segments at once, in time order.
+
+    A gap that starts after `kept_until` is left: a segment ends where it starts, past
+    `kept_until`, so the next window starts again no later than that segment (`transcribe`)
+    and decodes the gap itself. Decoded here, it cost a sequential decode (with the
+    temperature fallback, up to 3.6 s for 4 s of audio) whose segments were all thrown away:
+    a first window's tail had one in most pieces of a split run."""
     from faster_whisper import BatchedInferencePipeline
 
     duration = audio.shape[0] / SAMPLE_RATE
@@ -351,6 +362,8 @@ def _batched_window(
     )
     segments = list(batched)
     for start, end in speech_gaps([(s.start, s.end) for s in segments], speech, duration):
+        if kept_until is not None and start > kept_until:
+            break  # gaps come in time order: the rest are later still
         logger.debug("batched decoding left %.1f-%.1f s: decoded again", start, end)
         before = " ".join(s.text.strip() for s in segments if s.end <= start)[-PROMPT_CHARS:]
         segments += _decode_gap(
@@ -467,7 +480,15 @@ def transcribe(
             total = max(duration_ms / 1000, result.duration)
             if on_window is not None:
                 on_window(100.0 * offset / total, 100.0 * result.duration / total)
-            segments, info = _window_segments(model, window, options, language, prompt, batch)
+            segments, info = _window_segments(
+                model,
+                window,
+                options,
+                language,
+                prompt,
+                batch,
+                kept_until=None if final else window_end - TAIL_GUARD_SECONDS,
+            )
             if language is None:  # detected on the first window, kept for the rest
                 language = result.language = info.language
                 result.language_probability = float(info.language_probability or 0.0)
