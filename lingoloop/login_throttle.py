@@ -64,6 +64,24 @@ def client_address(request: HttpRequest) -> str | None:
     return remote
 
 
+# django-axes keeps a failed login's username in a column of 255 characters (AccessAttempt,
+# AccessLog). A longer one, which no account can have, made PostgreSQL refuse the row and the
+# door answer 500 (Django's login form does not check the length before `authenticate`): it
+# is cut to fit, as django-axes cuts the user agent and the path itself.
+USERNAME_COLUMN = AccessBase._meta.get_field("username").max_length or 255
+
+
+def attempted_username(request: HttpRequest, credentials: dict[str, Any] | None) -> str | None:
+    """AXES_USERNAME_CALLABLE: the username a login gives (its credentials, or else the
+    posted form's field), cut to the column django-axes keeps it in."""
+    field = getattr(settings, "AXES_USERNAME_FORM_FIELD", "username")  # axes.conf sets it
+    if credentials:
+        name = credentials.get(field)
+    else:
+        name = getattr(request, "data", request.POST).get(field)
+    return name[:USERNAME_COLUMN] if isinstance(name, str) else name
+
+
 def lockout_parameters(
     request_or_attempt: HttpRequest | AccessBase, credentials: dict[str, Any] | None = None
 ) -> list[str | list[str]]:

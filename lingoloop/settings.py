@@ -556,6 +556,7 @@ AXES_FAILURE_LIMIT = LOGIN_FAILURE_LIMIT
 AXES_COOLOFF_TIME = timedelta(seconds=LOGIN_COOLOFF_SECONDS)
 AXES_LOCKOUT_PARAMETERS = "lingoloop.login_throttle.lockout_parameters"
 AXES_CLIENT_IP_CALLABLE = "lingoloop.login_throttle.client_address"
+AXES_USERNAME_CALLABLE = "lingoloop.login_throttle.attempted_username"
 AXES_LOCKOUT_CALLABLE = "lingoloop.login_throttle.lockout_response"
 # A refused attempt during a lock-out does not restart the cool-off: the lock ends when
 # Retry-After says, and an attacker cannot keep a lock going for free.

@@ -161,6 +161,18 @@ def test_wrong_credentials_on_the_api_are_401_and_missing_fields_400(alice):
     }
 
 
+def test_a_username_longer_than_any_account_can_have_is_400_not_a_failed_login(alice):
+    """Found by the schema fuzzer on PostgreSQL: the failed login's 300-character name did not
+    fit django-axes' AccessAttempt row (255), and the token endpoint answered 500."""
+    answer = API.attempt("a" * 300, "nope", ALICES_DESK)
+
+    assert answer.status_code == 400
+    assert answer.json()["error"]["field"] == "username"
+    assert answer.json()["error"]["code"] == "max_length"
+    for door in (WEB, ADMIN):  # Django's login form refuses such a name before any login
+        assert door.attempt("a" * 300, "nope", ALICES_DESK).status_code == door.failure
+
+
 def test_x_forwarded_for_is_ignored_unless_proxies_are_trusted(alice, settings):
     # Untrusted, a header the client writes changes nothing: every guess counts against the
     # one real address.

@@ -81,7 +81,7 @@ def _plane(frame: av.AudioFrame, channel: int | None) -> np.ndarray:
     index = channel or 0
     if index >= len(frame.planes):
         raise ChannelMissing(f"no channel {index + 1} in the decoded audio")
-    return np.frombuffer(frame.planes[index], dtype=np.int16, count=frame.samples)
+    return np.frombuffer(memoryview(frame.planes[index]), dtype=np.int16, count=frame.samples)
 
 
 def _floats(planes: list[np.ndarray]) -> np.ndarray:

@@ -322,6 +322,15 @@ class ClosedBodyExtension(OpenApiSerializerExtension):
         return {**schema, "additionalProperties": False}
 
 
+def _username_max_length() -> int:
+    from django.contrib.auth import get_user_model
+
+    model = get_user_model()
+    return int(getattr(model._meta.get_field(model.USERNAME_FIELD), "max_length", None) or 150)
+
+
 class TokenRequestSerializer(serializers.Serializer):
-    username = serializers.CharField()
+    # No account has a longer name, and a failed login's name goes into django-axes'
+    # AccessAttempt (at most 255 characters): longer, PostgreSQL refused the row, a 500.
+    username = serializers.CharField(max_length=_username_max_length())
     password = serializers.CharField(trim_whitespace=False, style={"input_type": "password"})
