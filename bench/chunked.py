@@ -16,8 +16,10 @@ CHUNK_LONGER_THAN_SECONDS=0): the split's cost on one cluster, and the word erro
 the split and the unsplit transcripts against the reference (jfk.flac's words, said again and
 again), which should be within a point of each other. Last, faster-whisper alone on a
 piece's worth of speech, in one one-thread process and then in two at once: the best ratio
-this machine allows two clusters on the chunks' share of the work (on the 2-core VM it was
-measured on, two processes side by side each took 1.6-1.75 times as long as one alone).
+this machine allows two clusters on the chunks' share of the work (on this project's 2-core
+VM, two processes side by side each took 0.94-1.33 times as long as one alone, from one run
+to the next; it times faster-whisper's own pipeline, not the service's windows, so it is a
+guide, not a bound).
 
 Usage: .venv/bin/python -m bench chunked [--quick]   (--quick: 5 minutes, 75 s pieces)
    or: .venv/bin/python bench/chunked.py [--quick]   (the figures as JSON)
