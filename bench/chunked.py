@@ -122,7 +122,7 @@ def machine_ceiling(env: dict[str, str], minutes: float) -> dict[str, float]:
 
 # Rounds of (one cluster, two clusters): the machine is shared, and its pace drifts by more
 # than the target's margin between one minute and the next (two faster-whisper processes
-# side by side took 1.04-1.2x as long as one alone, run after run). The second round measures
+# side by side took 0.94-1.33x as long as one alone, run after run). The second round measures
 # two clusters first, so that a drift weighs on both sides alike.
 ROUNDS = 2
 
