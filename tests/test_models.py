@@ -52,7 +52,13 @@ def german(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
     path = tmp_path_factory.mktemp("speech") / "guten-morgen.wav"
-    subprocess.run(["espeak-ng", "-v", "de", "-w", str(path), GERMAN], check=True, timeout=60)
+    # Spoken slowly (110 words a minute; espeak-ng's own rate is 175): at its own rate `base`
+    # translates this only through its temperature fallback, which samples, so the English
+    # came out different on each run ("That's all for today. See you in the next video." in
+    # one CI run). At 110 it translates and transcribes it at temperature 0: the same text on
+    # every run.
+    command = ["espeak-ng", "-v", "de", "-s", "110", "-w", str(path), GERMAN]
+    subprocess.run(command, check=True, timeout=60)
     return path
 
 
