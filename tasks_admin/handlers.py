@@ -147,6 +147,12 @@ class BaseJobHandler(Generic[ResultT]):
         dashboard's throughput. One query at most; 0 for job types without media."""
         return 0
 
+    def runs_finished(self, jobs: QuerySet[Job]) -> int:
+        """How many runs these succeeded jobs of this type finished: /api/stats' throughput
+        counts runs, not the jobs that made them. One query at most; 0 for job types that
+        finish no run."""
+        return 0
+
 
 # Stands in when a job's type has no handler: the job's own row still ends properly.
 _NO_HANDLER: BaseJobHandler[Any] = BaseJobHandler()

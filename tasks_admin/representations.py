@@ -75,7 +75,8 @@ class JobCountsSerializer(serializers.Serializer):
 
 class ThroughputSerializer(serializers.Serializer):
     runs = serializers.IntegerField(
-        min_value=0, help_text="Runs finished (their transcription job succeeded)."
+        min_value=0,
+        help_text="Runs that succeeded in the window, each once (a run split into chunks too).",
     )
     audioSeconds = serializers.FloatField(
         source="audio_seconds", min_value=0, help_text="Audio those runs processed."

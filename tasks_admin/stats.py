@@ -1,10 +1,11 @@
 """What an operator asks of the queue first, read from the job table in a fixed number of
 queries whatever it holds: /api/stats and the admin dashboard's chart.
 
-* Throughput over a window: the runs its media jobs finished (succeeded), the audio they
-  processed (each job type's handler measures its own, `BaseJobHandler.media_ms`) and the
-  wall time their attempts took; the real-time factor is audio seconds per processing second
-  (8.0: a minute of audio took 7.5 s).
+* Throughput over a window: the runs its media jobs finished (succeeded; each job type's
+  handler counts its own, `BaseJobHandler.runs_finished`: a run split into chunks is one
+  run, however many jobs made it), the audio they processed (`BaseJobHandler.media_ms`) and
+  the wall time their attempts took, the split's included; the real-time factor is audio
+  seconds per processing second (8.0: a minute of audio took 7.5 s).
 * Queue wait, by job type: from when a job was due (queued, or due again for a retry) to when
   its latest attempt started, for the jobs whose latest attempt started in the window.
   Percentiles are nearest-rank, from `CUME_DIST()` over the window's jobs in the database
@@ -121,13 +122,13 @@ def _ended_by_window(now: datetime) -> _Ended:
 def _throughput(
     ended: _Ended, window: str, since: datetime, media_types: list[str]
 ) -> dict[str, Any]:
-    runs, busy = 0, 0.0
-    for job_type, status, _code, n, seconds in ended.of(window):
+    busy = 0.0
+    for job_type, status, _code, _n, seconds in ended.of(window):
         if status == JobStatus.SUCCEEDED and job_type in media_types:
-            runs += n
             busy += seconds
     succeeded = Job.objects.filter(status=JobStatus.SUCCEEDED, finished_at__gte=since)
     audio = sum(handler.media_ms(succeeded) for handler in handlers()) / 1000
+    runs = sum(handler.runs_finished(succeeded) for handler in handlers())
     return {
         "runs": runs,
         "audio_seconds": round(audio, 3),

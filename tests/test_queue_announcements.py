@@ -14,12 +14,20 @@ from django.utils import timezone
 
 from lingoloop import eventhub
 from tasks_admin.handlers import Attempt
-from tasks_admin.models import Job, Worker
+from tasks_admin.models import Job, JobStatus, Worker
 from tests.conftest import post_audio, queued_run, wait_until
 from tests.test_admin import make_run
 from transcription.events import run_channel
 from transcription.jobs import JOB_TYPE_ASYNC, JOB_TYPE_SYNC, TranscribeHandler
-from transcription.models import RunEventOutbox, RunMode, RunStatus, TranscriptRun
+from transcription.models import (
+    JOB_TYPE_CHUNK,
+    JOB_TYPE_SPLIT,
+    QueueSnapshot,
+    RunEventOutbox,
+    RunMode,
+    RunStatus,
+    TranscriptRun,
+)
 from transcription.services import run_cancel, run_retry
 
 
@@ -97,6 +105,68 @@ def test_positions_follow_claim_order_and_count_only_jobs_in_line(alice, known_s
     assert progress["estimatedTimeRemaining"] == 5 + 12
     second_progress = alice.client.get(f"/api/runs/{second.pk}/progress").json()
     assert second_progress["estimatedTimeRemaining"] == (10 + 12) / 2 + 10
+
+
+@pytest.mark.django_db
+def test_a_long_run_is_expected_to_be_shared_by_as_many_processes_as_it_has_pieces(
+    alice, known_speed, settings
+):
+    settings.CHUNK_LONGER_THAN_SECONDS, settings.CHUNK_SECONDS = 900, 150
+    ahead = queued(alice.user, duration_ms=10_000)
+    long = queued(alice.user, duration_ms=1_200_000)  # 20 minutes: 8 pieces
+    short = queued(alice.user, duration_ms=600_000)  # not split: one process alone
+    worker = Worker.objects.create(id="w1", host="box", pid=1, processes=4)
+
+    def eta(run: TranscriptRun) -> float:
+        return alice.client.get(f"/api/runs/{run.pk}/progress").json()["estimatedTimeRemaining"]
+
+    assert ahead.created_at < long.created_at < short.created_at
+    assert eta(long) == round(10 / 4 + 1200 / 4)
+    assert eta(short) == round((10 + 1200) / 4 + 600)
+    Worker.objects.filter(pk=worker.pk).update(processes=16)  # more than it has pieces
+    QueueSnapshot._last_read = (0.0, None)
+    assert eta(long) == round(10 / 16 + 1200 / 8)
+
+
+@pytest.mark.django_db
+def test_recent_speed_is_per_process_even_when_workers_shared_a_run(alice):
+    now = timezone.now()
+    # 60 s of audio in 4 s, by one job.
+    whole, _ = make_run(
+        alice.user,
+        status=RunStatus.SUCCEEDED,
+        duration_ms=60_000,
+        started_at=now - timedelta(seconds=4),
+        finished_at=now,
+        job_status=JobStatus.SUCCEEDED,
+    )
+    TranscriptRun.objects.filter(pk=whole.pk).update(started_at=now - timedelta(seconds=4))
+    # 600 s of audio split in 3 s, then four pieces transcribed in 10 s each, two at a time:
+    # the run took 23 s, its jobs 43 s.
+    split_run, split = make_run(
+        alice.user,
+        status=RunStatus.SUCCEEDED,
+        duration_ms=600_000,
+        finished_at=now,
+        job_status=JobStatus.SUCCEEDED,
+    )
+    begin = now - timedelta(seconds=23)
+    TranscriptRun.objects.filter(pk=split_run.pk).update(started_at=begin)
+    Job.objects.filter(pk=split.pk).update(
+        job_type=JOB_TYPE_SPLIT, started_at=begin, finished_at=begin + timedelta(seconds=3)
+    )
+    for k in range(4):
+        started = begin + timedelta(seconds=3 + 10 * (k // 2))
+        Job.objects.create(
+            job_type=JOB_TYPE_CHUNK,
+            run=split_run,
+            status=JobStatus.SUCCEEDED,
+            started_at=started,
+            finished_at=started + timedelta(seconds=10),
+        )
+    TranscriptRun._speed_cache = (0.0, None)
+
+    assert TranscriptRun.recent_speed() == pytest.approx(660 / 47)
 
 
 def start_job(run: TranscriptRun) -> None:

@@ -16,11 +16,18 @@ import tests.job_handlers  # noqa: F401  (registers the test job types)
 from tasks_admin.models import Job, JobStatus
 from tasks_admin.stats import hourly_queue
 from tests.test_admin import make_run
-from transcription.models import RunStatus
+from transcription.models import (
+    JOB_TYPE_CHUNK,
+    JOB_TYPE_SPLIT,
+    ChunkStatus,
+    RunChunk,
+    RunStatus,
+)
 
 NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 MINUTE = timedelta(minutes=1)
 HOUR = timedelta(hours=1)
+SECOND = timedelta(seconds=1)
 
 
 def job(
@@ -116,6 +123,44 @@ def test_throughput_and_real_time_factor_over_the_last_hour_and_day(alice, histo
         "audioSeconds": 180.0,
         "processingSeconds": 12.0,
         "realTimeFactor": 15.0,
+    }
+
+
+def test_a_run_split_into_chunks_is_one_run_of_its_whole_audio(alice, history):
+    # 10 minutes of audio: the split took 3 s, then four pieces of 150 s took 10 s each.
+    run, split = make_run(
+        alice.user,
+        status=RunStatus.SUCCEEDED,
+        duration_ms=600_000,
+        created_at=NOW - 30 * MINUTE,
+        finished_at=NOW - 10 * MINUTE,
+    )
+    Job.objects.filter(pk=split.pk).update(
+        job_type=JOB_TYPE_SPLIT,
+        started_at=NOW - 30 * MINUTE,
+        finished_at=NOW - 30 * MINUTE + 3 * SECOND,
+    )
+    for index in range(4):
+        chunk = job(
+            JOB_TYPE_CHUNK, JobStatus.SUCCEEDED, created=29 * MINUTE, wait=1, busy=10, run=run
+        )
+        RunChunk.objects.create(
+            run=run,
+            index=index,
+            start_ms=index * 150_000,
+            end_ms=(index + 1) * 150_000,
+            stored_name=f"piece-{index}",
+            status=ChunkStatus.SUCCEEDED,
+            job=chunk,
+        )
+
+    throughput = stats(alice.client)["windows"]["lastHour"]["throughput"]
+
+    assert throughput == {
+        "runs": 2,  # the history's one, and this one
+        "audioSeconds": 660.0,
+        "processingSeconds": 47.0,
+        "realTimeFactor": 14.04,
     }
 
 

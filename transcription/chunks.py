@@ -97,6 +97,14 @@ def should_split(duration_ms: int) -> bool:
     return limit > 0 and duration_ms > limit * 1000
 
 
+def expected_pieces(duration_ms: int) -> int:
+    """How many pieces an async run of this length is cut into (1: it is not split), as
+    many workers as can share it: its ETA while it waits."""
+    if not should_split(duration_ms):
+        return 1
+    return piece_count(duration_ms, settings.CHUNK_SECONDS * 1000)
+
+
 # --- Where to cut ----------------------------------------------------------------------------
 
 # A cut is looked for this far either side of its target (at most a quarter of a piece).
@@ -210,11 +218,17 @@ class _WavPiece:
 TAPER = 0.2
 
 
+def piece_count(total: int, piece: int) -> int:
+    """Into how many pieces of about `piece` a length of `total` is cut: as many as come
+    nearest to `piece` each."""
+    return max(1, round(total / piece))
+
+
 def cut_targets(total: int, piece: int) -> list[int]:
-    """Where the cuts of `total` samples into pieces of about `piece` samples should go: as
-    many pieces as come nearest to `piece` each, their lengths tapering by TAPER either side
-    of the mean, so that workers sharing them finish together."""
-    count = max(1, round(total / piece))
+    """Where the cuts of `total` samples into pieces of about `piece` samples should go
+    (`piece_count` of them), their lengths tapering by TAPER either side of the mean, so that
+    workers sharing them finish together."""
+    count = piece_count(total, piece)
     if count == 1:
         return []
     weights = [1 + TAPER * (1 - 2 * k / (count - 1)) for k in range(count)]
@@ -637,6 +651,10 @@ class SplitHandler(TranscribeHandler):
 
     def media_ms(self, jobs: QuerySet[Job]) -> int:
         """None: the audio is counted by the chunk jobs that transcribe it."""
+        return 0
+
+    def runs_finished(self, jobs: QuerySet[Job]) -> int:
+        """None: a split run is finished by its chunk jobs, and counted there."""
         return 0
 
 

@@ -526,6 +526,16 @@ class TranscribeHandler(BaseJobHandler[Transcribed]):
         )["total"]
         return int(total or 0)
 
+    def runs_finished(self, jobs: QuerySet[Job]) -> int:
+        """The succeeded runs among these jobs', each once: a split run has a job for each
+        of its chunks, and succeeds with the last of them."""
+        return (
+            jobs.filter(job_type=self.job_type, run__status=RunStatus.SUCCEEDED)
+            .values("run")
+            .distinct()
+            .count()
+        )
+
     def _end(
         self, job: Job, status: str, *, code: str = "", message: str = ""
     ) -> TranscriptRun | None:

@@ -222,22 +222,27 @@ class TranscriptRun(models.Model):
 
     @classmethod
     def recent_speed(cls) -> float | None:
-        """Audio seconds transcribed per wall second by one process, over recent runs.
+        """Audio seconds transcribed per wall second by one process, over recent runs: their
+        audio over the time their succeeded jobs took. Not over the runs' own wall time: a
+        run split into chunks went as fast as the workers that shared it, together.
 
         Cached for a minute: it moves slowly, and every answer or event about a queued run
-        asks for it.
+        asks for it. Two queries.
         """
         checked_at, speed = cls._speed_cache
         if time.monotonic() - checked_at < 60:
             return speed
-        recent = (
+        recent = dict(
             cls.objects.filter(status=RunStatus.SUCCEEDED, started_at__isnull=False)
             .order_by("-finished_at")
-            .values_list("audio__duration_ms", "started_at", "finished_at")[:20]
+            .values_list("pk", "audio__duration_ms")[:20]
         )
-        audio_ms = sum(duration for duration, _, _ in recent)
-        wall_ms = sum((end - start).total_seconds() * 1000 for _, start, end in recent)
-        speed = audio_ms / wall_ms if audio_ms and wall_ms > 0 else None
+        spans = Job.objects.filter(run__in=list(recent), status=JobStatus.SUCCEEDED).values_list(
+            "started_at", "finished_at"
+        )
+        audio_ms = sum(recent.values())
+        busy_ms = sum((end - start).total_seconds() * 1000 for start, end in spans if start and end)
+        speed = audio_ms / busy_ms if audio_ms and busy_ms > 0 else None
         cls._speed_cache = (time.monotonic(), speed)
         return speed
 
@@ -362,12 +367,17 @@ class QueueSnapshot:
 
     def seconds_until_done(self, run: TranscriptRun) -> int | None:
         """The audio ahead of the run, spread over the live worker processes, and its own,
-        at the speed recent runs went; None while the run is not in line, no run has
-        finished lately or no worker is alive."""
+        spread over as many of them as it has pieces (a long run is split into chunks), at
+        the speed recent runs went; None while the run is not in line, no run has finished
+        lately or no worker is alive."""
         place = self.places.get(run.pk)
         if place is None or self.speed is None:
             return None
-        wait_ms = place.audio_ms_ahead / self.processes + run.audio.duration_ms
+        from transcription.chunks import expected_pieces  # chunks.py imports this module
+
+        duration_ms = run.audio.duration_ms
+        sharing = min(self.processes, expected_pieces(duration_ms))
+        wait_ms = place.audio_ms_ahead / self.processes + duration_ms / sharing
         return round(wait_ms / 1000 / self.speed)
 
 
