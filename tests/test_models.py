@@ -14,15 +14,25 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import CommandError, call_command
 from django.test import Client
 
 from tasks_admin.models import Job
-from tests.conftest import JFK, post_audio, queued_run, words
+from tasks_admin.runner import Outcome, run_job
+from tests.conftest import JFK, post_audio, queued_run, speech_16k, words
 from transcription import catalogue, engine
-from transcription.models import Audio, TranscriptRun, WhisperModelEntry
+from transcription.models import (
+    JOB_TYPE_SPLIT,
+    Audio,
+    RunChunk,
+    RunStatus,
+    TranscriptRun,
+    WhisperModelEntry,
+)
+from transcription.pcm import SAMPLE_RATE, first_seconds, pcm_chunks
 
 pytestmark = pytest.mark.django_db
 
@@ -427,3 +437,63 @@ def test_a_model_cut_short_on_disk_fails_its_jobs_for_good_degrades_health_and_n
     problems = " ".join(health["problems"])
     assert "'tiny-cut' is damaged" in problems and "worker " in problems
     assert str(folder) not in problems  # no path for an anonymous reader
+
+
+# --- A long run split into chunks ------------------------------------------------------------
+
+
+def german_then_english(german: Path, path: Path) -> Path:
+    """The German sentence said three times, then jfk.flac: 16 kHz mono, about 38 s."""
+    import wave
+
+    spoken = np.concatenate(list(pcm_chunks(german, max_ms=60_000)))
+    spoken = (spoken * 32767).astype(np.int16)
+    pause = np.zeros(SAMPLE_RATE, dtype=np.int16)
+    samples = np.concatenate([spoken, pause, spoken, pause, spoken, pause, speech_16k(1)])
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(SAMPLE_RATE)
+        out.writeframes(samples.astype("<i2").tobytes())
+    return path
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_split_run_detects_its_language_once_and_every_chunk_is_transcribed_in_it(
+    alice, base, german, settings, tmp_path
+):
+    """As a run transcribed whole keeps the language of its first window: a chunk of English
+    at the end of a German talk is not a run of its own, and the run names its language
+    while it is processing, not only once it is done."""
+    settings.CHUNK_LONGER_THAN_SECONDS, settings.CHUNK_SECONDS = 20, 12
+    audio = german_then_english(german, tmp_path / "talk.wav")
+    response = post_audio(alice.client, audio, model="base", language="auto", mode="async")
+    assert response.status_code == 202, response.content
+    run = TranscriptRun.objects.get(pk=response.json()["runId"])
+
+    split = Job.objects.get(run=run, job_type=JOB_TYPE_SPLIT)
+    assert run_job(str(split.pk)) is Outcome.SUCCEEDED
+    chunks = list(RunChunk.objects.filter(run=run).order_by("index"))
+    assert len(chunks) == 3
+    # Its premise: the last piece, on its own, is English.
+    last = first_seconds(audio, 60, max_ms=60_000)[chunks[-1].start_ms * SAMPLE_RATE // 1000 :]
+    assert engine.detect_language("base", last)[0] == "en"
+    # Announced before any chunk is transcribed.
+    run.refresh_from_db()
+    assert (run.status, run.detected_language) == (RunStatus.PROCESSING, "de")
+    announced = alice.client.get(f"/api/runs/{run.pk}/progress").json()
+    assert announced["language"] == "de" and 0.5 < announced["languageProbability"] <= 1
+
+    for chunk in chunks:
+        assert run_job(str(chunk.job_id)) is Outcome.SUCCEEDED
+
+    run.refresh_from_db()
+    assert run.status == RunStatus.SUCCEEDED
+    assert (run.detected_language, run.language_probability) == (
+        "de",
+        announced["languageProbability"],
+    )
+    assert set(RunChunk.objects.filter(run=run).values_list("detected_language", flat=True)) == {
+        "de"
+    }
+    assert {"guten", "morgen"} <= set(words(run.text))

@@ -55,7 +55,7 @@ from lingoloop.refusals import Refused
 from tasks_admin.handlers import Attempt, Cancelled, ClaimLost, PermanentError, RetryLater
 from tasks_admin.models import Job, JobStatus
 from tasks_admin.services import job_enqueue
-from transcription import storage
+from transcription import catalogue, engine, storage
 from transcription.events import (
     announce_queue_positions,
     publish,
@@ -79,7 +79,7 @@ from transcription.models import (
     TranscriptRun,
     joined_text,
 )
-from transcription.pcm import SAMPLE_RATE, AudioTooLong, pcm_chunks
+from transcription.pcm import SAMPLE_RATE, AudioTooLong, first_seconds, pcm_chunks
 from transcription.signals import run_started
 
 logger = logging.getLogger(__name__)
@@ -186,6 +186,14 @@ class Piece:
     start: int
     end: int
     path: Path
+
+
+@dataclass(frozen=True)
+class Language:
+    """A language as the model detected it."""
+
+    code: str
+    probability: float
 
 
 class _WavPiece:
@@ -507,6 +515,11 @@ def chunks_retry(run: TranscriptRun) -> bool:
     if not chunks or not split_finished(run):
         return False
     RunChunk.objects.filter(run=run).update(merged=False, started_at=None)
+    # The chunks redone are transcribed in the language the others were: the run keeps it.
+    TranscriptRun.objects.filter(pk=run.pk).update(
+        detected_language=chunks[0].detected_language,
+        language_probability=chunks[0].language_probability,
+    )
     for chunk in chunks:
         if chunk.status != ChunkStatus.SUCCEEDED:
             job = job_enqueue(job_type=JOB_TYPE_CHUNK, run_id=run.pk, priority=run.priority)
@@ -572,7 +585,10 @@ class SplitHandler(TranscribeHandler):
                 audio_file(run.audio.stored_name) as path,
                 tempfile.TemporaryDirectory(dir=settings.UPLOAD_TEMP_DIR) as folder,
             ):
+                language: Language | None = None
                 for piece in self._cut(attempt, run, path, Path(folder)):
+                    if piece.index == 0:
+                        language = self._detect_language(run, piece.path)
                     name = f"{run.audio.stored_name}.chunk{piece.index:04d}.{uuid.uuid4().hex}.wav"
                     try:
                         storage.store_file(name, piece.path)
@@ -582,7 +598,7 @@ class SplitHandler(TranscribeHandler):
                             f"the audio store cannot be reached: {exc.detail}",
                         ) from exc
                     piece.path.unlink(missing_ok=True)  # an object store leaves it here
-                    made.append(self._queue_chunk(attempt, run, piece, name))
+                    made.append(self._queue_chunk(attempt, run, piece, name, language))
         except BaseException:
             # This attempt's chunks serve nothing now; the next attempt cuts its own.
             _forget_chunks(run.pk, made)
@@ -591,9 +607,31 @@ class SplitHandler(TranscribeHandler):
         return len(made)
 
     @staticmethod
-    def _queue_chunk(attempt: Attempt, run: TranscriptRun, piece: Piece, name: str) -> int:
+    def _detect_language(run: TranscriptRun, path: Path) -> Language | None:
+        """The language of a run to be transcribed in the one its model detects (a
+        multilingual model, no language asked for), detected once from the first
+        DETECT_SECONDS of the first piece (`path`), as a run transcribed whole has it from
+        its first window: every chunk is then transcribed in it. None when the run's
+        language is known."""
+        model = catalogue.get(run.model)
+        if run.language or model is None or not model.multilingual:
+            return None
+        audio = first_seconds(path, engine.DETECT_SECONDS, max_ms=settings.MAX_AUDIO_DURATION_MS)
+        try:
+            code, probability, _ = engine.detect_language(run.model, audio)
+        except engine.EngineError as exc:
+            if exc.permanent:
+                raise PermanentError(exc.code, exc.message) from exc
+            raise
+        return Language(code, probability)
+
+    @staticmethod
+    def _queue_chunk(
+        attempt: Attempt, run: TranscriptRun, piece: Piece, name: str, language: Language | None
+    ) -> int:
         """The piece's chunk and its job, at once: a worker may start on it while the rest
-        is cut. Only while this attempt still holds the split job, on a run still going."""
+        is cut. Only while this attempt still holds the split job, on a run still going.
+        The first one announces the `language` the chunks are transcribed in, if detected."""
         stop: Exception | None = None
         with transaction.atomic():
             locked = _locked_run(run.pk)
@@ -604,6 +642,14 @@ class SplitHandler(TranscribeHandler):
             elif locked.status != RunStatus.PROCESSING or locked.cancel_requested_at is not None:
                 stop = Cancelled()
             else:
+                detected = (
+                    {}
+                    if language is None
+                    else {
+                        "detected_language": language.code,
+                        "language_probability": language.probability,
+                    }
+                )
                 chunk = RunChunk.objects.create(
                     run=locked,
                     index=piece.index,
@@ -611,7 +657,12 @@ class SplitHandler(TranscribeHandler):
                     end_ms=_ms(piece.end),
                     stored_name=name,
                     job=job_enqueue(job_type=JOB_TYPE_CHUNK, run_id=run.pk, priority=run.priority),
+                    **detected,
                 )
+                if piece.index == 0 and detected:
+                    TranscriptRun.objects.filter(pk=run.pk).update(**detected)
+                    locked.refresh_from_db()
+                    publish(locked, "update")
                 announce_queue_positions()
         if stop is not None:
             storage.delete_later([name])  # after the transaction: its row must stay
@@ -709,6 +760,7 @@ class ChunkHandler(TranscribeHandler):
                 make_writer=lambda rate: ChunkProgressWriter(
                     run, attempt, chunk, assumed_rate=rate
                 ),
+                language=chunk.detected_language or None,  # the split's detection, if any
             )
 
     def succeeded(self, attempt: Attempt, transcribed: Transcribed) -> None:
@@ -718,14 +770,22 @@ class ChunkHandler(TranscribeHandler):
         if chunk is None:
             return
         offset = chunk.start_ms / 1000
+        # A chunk transcribed in the language the split detected keeps that detection.
+        detected = (
+            {}
+            if chunk.detected_language
+            else {
+                "detected_language": result.language,
+                "language_probability": result.language_probability,
+            }
+        )
         RunChunk.objects.filter(pk=chunk.pk).update(
             status=ChunkStatus.SUCCEEDED,
             progress=100.0,
             segments=[_shifted(segment, offset) for segment in result.segments],
             text=result.text,
-            detected_language=result.language,
-            language_probability=result.language_probability,
             finished_at=timezone.now(),
+            **detected,
         )
         # A chunk of a run that failed or was cancelled meanwhile keeps its result for a retry.
         if run.status == RunStatus.PROCESSING and run.cancel_requested_at is None:

@@ -12,19 +12,16 @@ from __future__ import annotations
 
 import contextvars
 from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 
 from lingoloop.refusals import Invalid, Unavailable
 from transcription import catalogue, engine, services
-from transcription.pcm import SAMPLE_RATE, pcm_chunks
+from transcription.pcm import SAMPLE_RATE, first_seconds
 from transcription.probe import probe_audio
 
-# Whisper detects the language from one 30 s window, the model's whole input.
-DETECT_SECONDS = 30
+DETECT_SECONDS = engine.DETECT_SECONDS
 TOP_LANGUAGES = 5
 
 
@@ -72,7 +69,7 @@ def detect_language(*, upload: UploadedFile, model_name: str | None) -> Detectio
     spooled = services.spool_upload(upload)
     try:
         probe_audio(spooled)  # not audio, empty, undecodable: refused as an upload would be
-        audio = _first_seconds(spooled, DETECT_SECONDS)
+        audio = first_seconds(spooled, DETECT_SECONDS, max_ms=settings.MAX_AUDIO_DURATION_MS)
         slots, pool = services.sync_capacity()
         if not slots.acquire(timeout=settings.TRANSCRIBE_SYNC_WAIT_MS / 1000):
             raise Unavailable(
@@ -96,16 +93,3 @@ def detect_language(*, upload: UploadedFile, model_name: str | None) -> Detectio
         languages=ranked[:TOP_LANGUAGES],
         analysed_seconds=round(audio.shape[0] / SAMPLE_RATE, 3),
     )
-
-
-def _first_seconds(path: Path, seconds: int) -> np.ndarray:
-    wanted = seconds * SAMPLE_RATE
-    pieces: list[np.ndarray] = []
-    held = 0
-    for chunk in pcm_chunks(path, max_ms=settings.MAX_AUDIO_DURATION_MS):
-        pieces.append(chunk)
-        held += chunk.shape[0]
-        if held >= wanted:
-            break
-    audio = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
-    return audio[:wanted]

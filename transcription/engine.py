@@ -127,11 +127,15 @@ def get_model(name: str) -> Any:
         return model
 
 
+# Whisper detects the language from one 30 s window, the model's whole input.
+DETECT_SECONDS = 30
+
+
 def detect_language(
     model_name: str, audio: np.ndarray
 ) -> tuple[str, float, list[tuple[str, float]]]:
     """(language, probability, every language with its probability, most likely first)
-    of 16 kHz mono `audio` (its first 30 s are what counts)."""
+    of 16 kHz mono `audio` (its first DETECT_SECONDS are what counts)."""
     language, probability, ranked = get_model(model_name).detect_language(audio=audio)
     return language, float(probability), [(code, float(p)) for code, p in ranked]
 

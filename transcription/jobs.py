@@ -434,12 +434,15 @@ class TranscribeHandler(BaseJobHandler[Transcribed]):
         *,
         duration_ms: int,
         make_writer: Callable[[float | None], ProgressWriter],
+        language: str | None = None,
     ) -> Transcribed:
         """Decode `path` (`duration_ms` long: the run's audio, or a piece of it) with the
-        run's options; `make_writer(assumed_rate)` gives what reports its progress."""
+        run's options; `make_writer(assumed_rate)` gives what reports its progress.
+        `language`: what to decode in when the run asked for none (a split run's chunks
+        are decoded in the language detected once for the whole run)."""
         options = engine.Options(
             model=run.model,
-            language=run.language or None,
+            language=run.language or language,
             task=run.task,
             word_timestamps=run.word_timestamps,
             vad_filter=run.vad_filter,

@@ -75,6 +75,21 @@ def pcm_chunks(path: Path, *, max_ms: int, channel: int | None = None) -> Iterat
             yield _floats(held)
 
 
+def first_seconds(path: Path, seconds: float, *, max_ms: int) -> np.ndarray:
+    """The first `seconds` of `path` as one float32 array at 16 kHz mono (shorter if the
+    audio is), decoding no more of it than that."""
+    wanted = round(seconds * SAMPLE_RATE)
+    pieces: list[np.ndarray] = []
+    held = 0
+    for chunk in pcm_chunks(path, max_ms=max_ms):
+        pieces.append(chunk)
+        held += chunk.shape[0]
+        if held >= wanted:
+            break
+    audio = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
+    return audio[:wanted]
+
+
 def _plane(frame: av.AudioFrame, channel: int | None) -> np.ndarray:
     """A resampled frame's 16-bit samples: its one plane (mono), or that of `channel`.
     (`to_ndarray` stacks every plane into a new array, a cost paid 50 times a second.)"""
