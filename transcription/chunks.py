@@ -73,6 +73,7 @@ from transcription.jobs import (
 from transcription.models import (
     JOB_TYPE_CHUNK,
     JOB_TYPE_SPLIT,
+    Channels,
     ChunkStatus,
     RunChunk,
     RunStatus,
@@ -90,19 +91,20 @@ __all__ = ["JOB_TYPE_CHUNK", "JOB_TYPE_SPLIT", "ChunkHandler", "SplitHandler", "
 PROGRESS_CEILING = 99.9
 
 
-def should_split(duration_ms: int) -> bool:
-    """Whether an async run of this length is split into chunks (CHUNK_LONGER_THAN_SECONDS;
-    0: never)."""
+def should_split(run: TranscriptRun) -> bool:
+    """Whether this async run is split into chunks: it is longer than
+    CHUNK_LONGER_THAN_SECONDS (0: none is), and its channels are mixed (the pieces are
+    mono: a run of separate channels is one job)."""
     limit = settings.CHUNK_LONGER_THAN_SECONDS
-    return limit > 0 and duration_ms > limit * 1000
+    return limit > 0 and run.audio.duration_ms > limit * 1000 and run.channels != Channels.SEPARATE
 
 
-def expected_pieces(duration_ms: int) -> int:
-    """How many pieces an async run of this length is cut into (1: it is not split), as
-    many workers as can share it: its ETA while it waits."""
-    if not should_split(duration_ms):
+def expected_pieces(run: TranscriptRun) -> int:
+    """How many pieces this async run is cut into (1: it is not split), as many workers as
+    can share it: its ETA while it waits."""
+    if not should_split(run):
         return 1
-    return piece_count(duration_ms, settings.CHUNK_SECONDS * 1000)
+    return piece_count(run.audio.duration_ms, settings.CHUNK_SECONDS * 1000)
 
 
 # --- Where to cut ----------------------------------------------------------------------------

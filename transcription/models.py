@@ -375,9 +375,8 @@ class QueueSnapshot:
             return None
         from transcription.chunks import expected_pieces  # chunks.py imports this module
 
-        duration_ms = run.audio.duration_ms
-        sharing = min(self.processes, expected_pieces(duration_ms))
-        wait_ms = place.audio_ms_ahead / self.processes + duration_ms / sharing
+        sharing = min(self.processes, expected_pieces(run))
+        wait_ms = place.audio_ms_ahead / self.processes + run.audio.duration_ms / sharing
         return round(wait_ms / 1000 / self.speed)
 
 

@@ -214,10 +214,8 @@ def _create_rows(
 
 def _async_job_type(run: TranscriptRun) -> str:
     """A long run is cut into chunks that the whole cluster shares (transcription/chunks.py);
-    any other is one job. So is a run of separate channels: its pieces would be mono."""
-    if run.channels == Channels.SEPARATE or not chunks.should_split(run.audio.duration_ms):
-        return JOB_TYPE_ASYNC
-    return chunks.JOB_TYPE_SPLIT
+    any other is one job."""
+    return chunks.JOB_TYPE_SPLIT if chunks.should_split(run) else JOB_TYPE_ASYNC
 
 
 # --- Storing an upload -------------------------------------------------------------------
