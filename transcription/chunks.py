@@ -13,6 +13,11 @@ the front into the run's transcript (`merge_ready_chunks`), so segments reach th
 its watchers' `newSegments`, in order and each once; the merge that finds every chunk merged
 once the split job has succeeded ends the run.
 
+A run whose model is to detect its language has it detected once, by the split, from the
+start of the first piece (as a run transcribed whole has it from its first window), and
+every chunk is transcribed in it: a piece that starts with music or a quote in another
+language is not a language of its own.
+
 A split attempt that fails, or that a later attempt replaces (its worker was killed), leaves
 no chunk behind: its own pieces are forgotten when it fails, and a split attempt starts by
 forgetting what an earlier one left (`_forget_chunks`).
@@ -196,6 +201,10 @@ class Language:
 
     code: str
     probability: float
+
+    def as_fields(self) -> dict[str, Any]:
+        """As a run or a chunk keeps it."""
+        return {"detected_language": self.code, "language_probability": self.probability}
 
 
 class _WavPiece:
@@ -610,11 +619,10 @@ class SplitHandler(TranscribeHandler):
 
     @staticmethod
     def _detect_language(run: TranscriptRun, path: Path) -> Language | None:
-        """The language of a run to be transcribed in the one its model detects (a
-        multilingual model, no language asked for), detected once from the first
+        """The language every chunk is transcribed in, when the run's model is to detect it
+        (a multilingual model, no language asked for): detected once, from the first
         DETECT_SECONDS of the first piece (`path`), as a run transcribed whole has it from
-        its first window: every chunk is then transcribed in it. None when the run's
-        language is known."""
+        its first window. None when the run names its language or its model knows one."""
         model = catalogue.get(run.model)
         if run.language or model is None or not model.multilingual:
             return None
@@ -644,14 +652,7 @@ class SplitHandler(TranscribeHandler):
             elif locked.status != RunStatus.PROCESSING or locked.cancel_requested_at is not None:
                 stop = Cancelled()
             else:
-                detected = (
-                    {}
-                    if language is None
-                    else {
-                        "detected_language": language.code,
-                        "language_probability": language.probability,
-                    }
-                )
+                detected = {} if language is None else language.as_fields()
                 chunk = RunChunk.objects.create(
                     run=locked,
                     index=piece.index,
