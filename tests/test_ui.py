@@ -278,7 +278,7 @@ def test_transcript_page_grows_live_and_catches_up_after_the_server_restarts(
     page = ui.page
     # Long enough, decoded one window after another, to be still running when the server
     # stops: in batches the run could end first, and the page then had nothing to reconnect for.
-    run = ui.service.submit(long_speech(tmp_path / "interview.wav", repeats=16))
+    run = ui.service.submit(long_speech(tmp_path / "interview.wav", repeats=10))
     ui.login()
     page.goto(ui.url(f"/runs/{run['runId']}/"))
     ui.mark_page()
