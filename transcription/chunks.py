@@ -81,6 +81,7 @@ from transcription.models import (
     Channels,
     ChunkStatus,
     RunChunk,
+    RunMode,
     RunStatus,
     TranscriptRun,
     joined_text,
@@ -105,9 +106,9 @@ def should_split(run: TranscriptRun) -> bool:
 
 
 def expected_pieces(run: TranscriptRun) -> int:
-    """How many pieces this async run is cut into (1: it is not split), as many workers as
-    can share it: its ETA while it waits."""
-    if not should_split(run):
+    """How many pieces this run is cut into (1: it is not split, or is a sync run's), as
+    many workers as can share it: its ETA while it waits."""
+    if run.mode != RunMode.ASYNC or not should_split(run):
         return 1
     return piece_count(run.audio.duration_ms, settings.CHUNK_SECONDS * 1000)
 
