@@ -1,4 +1,5 @@
-"""A pool of PostgreSQL connections for the web process.
+"""A pool of PostgreSQL connections for the web process; on SQLite, whether another connection
+has committed (`sqlite_commit_mark`), so that pollers look only when something changed.
 
 Under ASGI, Django runs each request's database work in a thread of its own, so a connection
 kept by CONN_MAX_AGE is never seen again: every request opened a new PostgreSQL connection
@@ -13,8 +14,10 @@ threads and sockets do not survive a fork. One-off commands connect as Django al
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 from django.conf import settings
-from django.db import connections
+from django.db import connection, connections
 
 
 def use_connection_pool() -> bool:
@@ -36,3 +39,39 @@ def use_connection_pool() -> bool:
         "timeout": 2,
     }
     return True
+
+
+# --- SQLite: has another connection committed? -------------------------------------------
+
+
+class CommitMark(NamedTuple):
+    """Where a SQLite database stood for one connection (`sqlite_commit_mark`)."""
+
+    # Held, not its id: a connection opened after this one closed is never taken for it.
+    connection: Any
+    version: int
+
+
+def sqlite_commit_mark() -> CommitMark | None:
+    """This thread's connection's `PRAGMA data_version` on SQLite, which changes when another
+    connection (of any process) commits; None on another database.
+
+    It reads no table: a few microseconds, where the looks it spares (a pick, the event
+    poller's read) each cost a millisecond or more of Python building its query, 20 times a
+    second in every idle process (measured with two worker clusters sharing a run on two
+    cores: about 5 % of the machine, the web and the two pushers together)."""
+    if connection.vendor != "sqlite":
+        return None
+    connection.ensure_connection()
+    raw = connection.connection
+    (version,) = raw.execute("PRAGMA data_version").fetchone()
+    return CommitMark(raw, int(version))
+
+
+def committed_since(mark: CommitMark | None) -> bool:
+    """Whether another connection may have committed since `mark` was taken on this thread:
+    True unless it is sure that none did (no mark, another connection, another database)."""
+    if mark is None:
+        return True
+    now = sqlite_commit_mark()
+    return now is None or now.connection is not mark.connection or now.version != mark.version

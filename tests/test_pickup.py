@@ -105,7 +105,8 @@ def test_the_pusher_wakes_on_notify_long_before_its_poll():
 
 @pytest.mark.slow
 def test_an_idle_worker_starts_a_job_long_before_its_safety_poll(service):
-    """PostgreSQL: woken by NOTIFY; SQLite: SQLITE_POLL_INTERVAL, not POLL_INTERVAL."""
+    """PostgreSQL: woken by NOTIFY; SQLite: by the upload's commit, seen within
+    SQLITE_POLL_INTERVAL. Not by POLL_INTERVAL."""
     service.start_web()
     service.worker(POLL_INTERVAL="600000", SQLITE_POLL_INTERVAL="100")
     run = service.submit()

@@ -258,7 +258,8 @@ class Command(BaseCommand):
         wake = (
             f"woken by NOTIFY, polling every {settings.POLL_INTERVAL} ms as a safety net"
             if connection.vendor == "postgresql"
-            else f"polling every {settings.SQLITE_POLL_INTERVAL} ms"
+            else f"looking for commits every {settings.SQLITE_POLL_INTERVAL} ms, picking on one "
+            f"or every {settings.POLL_INTERVAL} ms"
         )
         return (
             f"LingoLoop worker {worker.id}: the job table on {connection.vendor} ({where}), "
