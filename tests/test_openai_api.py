@@ -4,7 +4,9 @@ against a real web process and worker cluster."""
 from __future__ import annotations
 
 import json
+import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -17,6 +19,7 @@ from tests.conftest import (
     JFK,
     JFK_REFERENCE,
     long_speech,
+    stored_path,
     wait_until,
     words,
 )
@@ -162,6 +165,46 @@ def test_a_client_that_goes_away_leaves_its_run_running(service):
         120,
         "the abandoned run to finish",
     )
+
+
+def test_a_run_that_fails_after_it_was_accepted_is_an_openai_error_answered_and_streamed(
+    service,
+):
+    """Accepted (the probe passed, the run queued), then failed in the worker: the waiting
+    answer is the failure in OpenAI's shape, and a stream ends with it as an error event;
+    both raised by the SDK as what they are (the file's fault: 400, `undecodable`)."""
+    service.start_web(TRANSCRIBE_SYNC_MAX_DURATION_MS="0")  # every file goes to the queue
+    ai = client(service)
+    audio = long_speech(service.processes.data_dir / "long.wav", repeats=1)
+
+    def answered() -> Any:
+        with audio.open("rb") as handle:
+            return ai.audio.transcriptions.create(model="whisper-1", file=handle)
+
+    def streamed() -> list[Any]:
+        with audio.open("rb") as handle:
+            return list(ai.audio.transcriptions.create(model="whisper-1", file=handle, stream=True))
+
+    with ThreadPoolExecutor(2) as pool:
+        answer, stream = pool.submit(answered), pool.submit(streamed)
+        owner = service.account.user
+        wait_until(lambda: TranscriptRun.objects.filter(owner=owner).count() == 2, 60, "both runs")
+        # No worker yet: both wait in the queue while their stored audio breaks.
+        for run in TranscriptRun.objects.filter(owner=owner).select_related("audio"):
+            stored_path(run.audio).write_bytes(b"RIFF" + os.urandom(4000))
+        service.worker()
+
+        with pytest.raises(openai.BadRequestError) as refused:
+            answer.result(timeout=120)
+        with pytest.raises(openai.APIError) as ended:
+            stream.result(timeout=120)
+
+    assert refused.value.code == "undecodable" and refused.value.type == "invalid_request_error"
+    assert ended.value.code == "undecodable"
+    assert "could not be decoded" in ended.value.message
+    assert set(TranscriptRun.objects.values_list("status", "error_code")) == {
+        (RunStatus.FAILED, "undecodable")
+    }
 
 
 def test_speakers_by_channel_come_back_as_diarized_json(service, stereo):  # noqa: F811
