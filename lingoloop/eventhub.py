@@ -796,7 +796,8 @@ def _new_events(known: dict[str, int]) -> dict[str, tuple[list[StoredEvent], int
     On SQLite, nothing when no other connection has committed since this thread last read
     the same channels from the same ids (`committed_since`): the poll runs every
     EVENTS_DB_POLL_MS in every web process that has a stream open, and its read cost a
-    millisecond or more of Python each time, two thirds of an idle web process's CPU."""
+    millisecond or more of Python each time (a web process following a run shared by two
+    worker clusters used 1.6 CPU-s of the run's 29 s; now 1.0, where Redis takes 0.5)."""
     now = time.monotonic()
     if (
         _last_read.known == known
