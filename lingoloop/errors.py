@@ -220,8 +220,8 @@ def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpR
 
 def machine_refusal_response(request: HttpRequest, exc: BaseException) -> HttpResponse | None:
     """The answer to an exception from the machine (see `machine_refusal`): the API's error
-    shape under /api/, a plain sentence elsewhere (the upload page, the admin). None when it
-    is not one."""
+    shape under /api/, OpenAI's under /v1/ (its SDK reads the code and retries a 503), a
+    plain sentence elsewhere (the upload page, the admin). None when it is not one."""
     refusal = machine_refusal(exc)
     if refusal is None:
         return None
@@ -230,6 +230,10 @@ def machine_refusal_response(request: HttpRequest, exc: BaseException) -> HttpRe
     response: HttpResponse
     if request.path.startswith("/api/"):
         response = JsonResponse(error.as_dict(), status=error.status_code)
+    elif request.path.startswith("/v1/"):
+        from transcription.openai_api import openai_error
+
+        response = openai_error(error.message, code=error.code, status_code=error.status_code)
     else:
         response = HttpResponse(
             error.message, status=error.status_code, content_type="text/plain; charset=utf-8"

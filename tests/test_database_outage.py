@@ -24,7 +24,7 @@ import httpx
 import psycopg
 import pytest
 
-from tests.conftest import ROOT, Processes, free_port, long_speech, wait_until, words
+from tests.conftest import JFK, ROOT, Processes, free_port, long_speech, wait_until, words
 from tests.sseclient import EventStream
 
 pytestmark = pytest.mark.slow
@@ -168,6 +168,18 @@ def test_postgres_stopped_while_a_long_job_runs_costs_a_503_and_nothing_else(
             if path != "/api/health":
                 assert answer.json()["error"]["code"] == "database_unavailable"
                 assert answer.headers["Retry-After"]
+        # OpenAI's API answers in OpenAI's shape, which its SDK reads (and retries a 503).
+        with JFK.open("rb") as handle:
+            for method, path, files in [
+                ("GET", "/v1/models", None),
+                ("POST", "/v1/audio/transcriptions", {"file": ("jfk.flac", handle)}),
+            ]:
+                answer = httpx.request(
+                    method, f"{base}{path}", headers=auth, files=files, timeout=30
+                )
+                assert answer.status_code == 503, (path, answer.status_code, answer.text)
+                error = answer.json()["error"]
+                assert (error["type"], error["code"]) == ("server_error", "database_unavailable")
         time.sleep(max(0.0, 10 - (time.monotonic() - down_at)))  # a 10 s outage in all
         postgres.start()
 

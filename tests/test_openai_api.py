@@ -13,6 +13,8 @@ import httpx
 import jiwer
 import openai
 import pytest
+from django.db import OperationalError
+from django.test import Client
 
 from tasks_admin.models import Job
 from tests.conftest import (
@@ -25,7 +27,7 @@ from tests.conftest import (
 )
 from tests.test_channels import stereo  # noqa: F401  (the fixture)
 from tests.test_models import german  # noqa: F401  (the fixture)
-from transcription import catalogue
+from transcription import catalogue, openai_api
 from transcription.models import RunMode, RunStatus, TranscriptRun
 
 pytestmark = pytest.mark.slow
@@ -205,6 +207,35 @@ def test_a_run_that_fails_after_it_was_accepted_is_an_openai_error_answered_and_
     assert set(TranscriptRun.objects.values_list("status", "error_code")) == {
         (RunStatus.FAILED, "undecodable")
     }
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_database_that_goes_away_while_a_client_waits_is_a_503_in_openai_shape(
+    alice, settings, monkeypatch
+):
+    """The wait is outside DRF (an async view reading the run's events): its refusal came
+    from the middleware, as a plain sentence the SDK could not read."""
+    settings.TRANSCRIBE_SYNC_MAX_DURATION_MS = 0  # queued: the answer waits for the run
+
+    def away(run_id: Any) -> Any:
+        raise OperationalError("connection to server at 127.0.0.1, port 5432 failed")
+
+    monkeypatch.setattr(openai_api, "_opening", away)
+    with JFK.open("rb") as handle:
+        answer = Client().post(
+            "/v1/audio/transcriptions",
+            {"file": handle, "model": "whisper-1"},
+            headers={"Authorization": f"Bearer {alice.token}"},
+        )
+
+    assert answer.status_code == 503, answer.content
+    assert answer.json()["error"] == {
+        "message": answer.json()["error"]["message"],
+        "type": "server_error",
+        "param": None,
+        "code": "database_unavailable",
+    }
+    assert answer["Retry-After"]
 
 
 def test_speakers_by_channel_come_back_as_diarized_json(service, stereo):  # noqa: F811
