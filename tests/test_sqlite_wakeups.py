@@ -99,7 +99,9 @@ def test_an_idle_pusher_looks_at_the_job_table_once_a_poll_interval_when_nothing
         assert broker.dequeue() is None
         looks += 1
 
-    assert looks <= 4  # 1.5 s / POLL, and the first
+    # 1.5 s / POLL and the first: 4, and room for a commit of another test's leftover thread.
+    # Looking every SQLITE_POLL_INTERVAL, it made 65.
+    assert looks <= 8
 
 
 @on_sqlite
