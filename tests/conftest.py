@@ -17,6 +17,7 @@ from urllib.parse import quote, urlparse
 
 import av
 import httpx
+import jiwer
 import numpy as np
 import pytest
 from django.conf import settings
@@ -66,6 +67,18 @@ _own_redis_database()
 def words(text: str) -> list[str]:
     """Lower-case words without punctuation: how transcripts are compared."""
     return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def reference_wer(text: str, repeats: int = 1) -> float:
+    """The word error rate of `text` against jfk.flac's words said `repeats` times.
+
+    Sequential decoding falls back to sampling at a higher temperature where a window's text
+    fails faster-whisper's checks, and repeated speech does (it compresses well): the same
+    audio then comes back with a word or two changed ("America asks" for "Americans ask") or
+    dropped from one run to the next. A test that means "every repetition, none twice" bounds
+    this rate rather than counting a word: one repetition lost or doubled is 1/`repeats`."""
+    reference = " ".join(words(JFK_REFERENCE) * repeats)
+    return float(jiwer.wer(reference, " ".join(words(text))))
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> object:

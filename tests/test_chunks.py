@@ -13,7 +13,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import jiwer
 import numpy as np
 import pytest
 from django.conf import settings
@@ -23,12 +22,11 @@ from django.utils import timezone
 from tasks_admin.models import Job, JobStatus, Worker
 from tasks_admin.services import job_enqueue
 from tests.conftest import (
-    JFK_REFERENCE,
     long_speech,
     never_happens,
+    reference_wer,
     speech_16k,
     wait_until,
-    words,
 )
 from transcription import engine
 from transcription.chunks import (
@@ -283,11 +281,6 @@ def chunks_of(run_id: str) -> list[RunChunk]:
     return list(RunChunk.objects.filter(run_id=run_id).order_by("index"))
 
 
-def reference_wer(repeats: int, text: str) -> float:
-    reference = " ".join(words(JFK_REFERENCE) * repeats)
-    return float(jiwer.wer(reference, " ".join(words(text))))
-
-
 @pytest.mark.slow
 def test_two_clusters_share_a_split_run_and_watchers_see_one_ordered_transcript(service, tmp_path):
     audio = long_speech(tmp_path / "long.wav", repeats=8)
@@ -337,7 +330,7 @@ def test_two_clusters_share_a_split_run_and_watchers_see_one_ordered_transcript(
         max_duration_ms=settings.MAX_AUDIO_DURATION_MS,
         allow_batched=True,
     )
-    split_wer, whole_wer = reference_wer(8, stored.text), reference_wer(8, whole.text)
+    split_wer, whole_wer = reference_wer(stored.text, 8), reference_wer(whole.text, 8)
     assert split_wer - whole_wer <= 0.01, (split_wer, whole_wer)
     assert stored.text.lower().count("fellow americans") == 8
 

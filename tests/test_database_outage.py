@@ -12,6 +12,7 @@ lost or doubled once the database is back, and no process is restarted.
 from __future__ import annotations
 
 import glob
+import itertools
 import os
 import shutil
 import subprocess
@@ -24,7 +25,15 @@ import httpx
 import psycopg
 import pytest
 
-from tests.conftest import JFK, ROOT, Processes, free_port, long_speech, wait_until, words
+from tests.conftest import (
+    JFK,
+    ROOT,
+    Processes,
+    free_port,
+    long_speech,
+    reference_wer,
+    wait_until,
+)
 from tests.sseclient import EventStream
 
 pytestmark = pytest.mark.slow
@@ -215,13 +224,20 @@ def test_postgres_stopped_while_a_long_job_runs_costs_a_503_and_nothing_else(
         )[0]
         assert status == "succeeded"
         assert attempts == 1, "the outage cost the job its attempt"
-        assert words(str(text)).count("americans") == 6  # every repetition, none twice
-        segments = postgres.query(
-            "SELECT jsonb_array_length(segments::jsonb) FROM transcript_run WHERE id = %s",
-            run_id,
-        )[0][0]
+        # Every repetition, none twice: one lost or doubled is a sixth of the words. (Not a
+        # count of one word: this sequential decoding samples where its text fails its checks,
+        # and "Americans" comes back as "America" in some runs, outage or not.)
+        assert reference_wer(str(text), 6) < 0.1, text
+        segments = postgres.query("SELECT segments FROM transcript_run WHERE id = %s", run_id)[0][0]
+        assert isinstance(segments, list)
+        assert [s["id"] for s in segments] == list(range(len(segments)))
+        ends = [(s["start"], s["end"]) for s in segments]
+        assert all(end <= start for (_, end), (start, _) in itertools.pairwise(ends)), (
+            "segments overlap: one was written twice"
+        )
+        assert " ".join(s["text"] for s in segments if s["text"]) == text
         streamed = sum(len(e.data.get("newSegments") or []) for e in seen + after)
-        assert streamed == segments, "a segment was lost or sent twice on the way"
+        assert streamed == len(segments), "a segment was lost or sent twice on the way"
 
         # The same processes answer again.
         assert httpx.get(f"{base}/api/runs/{run_id}", headers=auth, timeout=10).status_code == 200

@@ -10,7 +10,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
-import jiwer
 import openai
 import pytest
 from django.db import OperationalError
@@ -19,8 +18,8 @@ from django.test import Client
 from tasks_admin.models import Job
 from tests.conftest import (
     JFK,
-    JFK_REFERENCE,
     long_speech,
+    reference_wer,
     stored_path,
     wait_until,
     words,
@@ -45,11 +44,6 @@ def client(service: Any, key: str | None = None) -> openai.OpenAI:
     )
 
 
-def wer(text: str, repeats: int = 1) -> float:
-    reference = " ".join(words(JFK_REFERENCE) * repeats)
-    return float(jiwer.wer(reference, " ".join(words(text))))
-
-
 SRT_CUE = re.compile(r"^\d+\n\d\d:\d\d:\d\d,\d{3} --> \d\d:\d\d:\d\d,\d{3}\n.+$", re.MULTILINE)
 
 
@@ -59,7 +53,7 @@ def test_the_reference_file_in_each_response_format(service):
 
     with JFK.open("rb") as audio:
         plain = ai.audio.transcriptions.create(model="whisper-1", file=audio)
-    assert wer(plain.text) < 0.1
+    assert reference_wer(plain.text) < 0.1
     assert plain.usage is not None and plain.usage.seconds == 11  # type: ignore[union-attr]
 
     def as_format(fmt: str, **extra: Any) -> Any:
@@ -74,7 +68,7 @@ def test_the_reference_file_in_each_response_format(service):
     srt = as_format("srt")
     cues = [block for block in srt.strip().split("\n\n") if block]
     assert cues and all(SRT_CUE.match(block) for block in cues), srt
-    assert wer(" ".join(block.split("\n", 2)[2] for block in cues)) < 0.1
+    assert reference_wer(" ".join(block.split("\n", 2)[2] for block in cues)) < 0.1
 
     vtt = as_format("vtt")
     assert vtt.startswith("WEBVTT")
@@ -87,7 +81,7 @@ def test_the_reference_file_in_each_response_format(service):
     assert verbose.text == plain.text
     assert verbose.segments and verbose.segments[0].start >= 0
     assert " ".join(s.text for s in verbose.segments).split() == plain.text.split()
-    assert verbose.words and wer(" ".join(w.word for w in verbose.words)) < 0.1
+    assert verbose.words and reference_wer(" ".join(w.word for w in verbose.words)) < 0.1
     assert all(w.start <= w.end for w in verbose.words)
 
     segments_only = as_format("verbose_json")
@@ -123,7 +117,7 @@ def test_stream_yields_deltas_then_one_done_with_the_whole_text(service):
     assert len(deltas) >= 2, kinds
     done = events[-1]
     assert "".join(deltas) == done.text
-    assert wer(done.text, 3) < 0.1
+    assert reference_wer(done.text, 3) < 0.1
 
 
 def test_a_long_file_goes_through_the_queue_and_the_web_only_waits(service):
@@ -139,7 +133,7 @@ def test_a_long_file_goes_through_the_queue_and_the_web_only_waits(service):
         )
 
     transcript = answer.parse()
-    assert wer(transcript.text, 4) < 0.1
+    assert reference_wer(transcript.text, 4) < 0.1
     assert transcript.segments and transcript.segments[-1].end > 40
     run = TranscriptRun.objects.get(pk=answer.headers["X-LingoLoop-Run"])
     assert run.mode == RunMode.ASYNC and run.status == RunStatus.SUCCEEDED
