@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from django.conf import settings
 
 from lingoloop import eventhub
 from tests.conftest import Processes, free_port, make_account, redis_reachable, wait_until
@@ -51,13 +52,17 @@ def test_an_idle_subscriber_stays_connected_and_delivers_the_next_event_at_once(
     wait_until(lambda: subscriptions_of(client, pid), 10, "the web process to subscribe")
     [first] = subscriptions_of(client, pid)
 
-    def idle_for_30_s() -> bool:
+    # Three times the command timeout (EVENTS_REDIS' socket_timeout, 5 s), after which an
+    # idle subscriber that blocked on a read used to time out and reconnect, and three pings.
+    idle_seconds = 3 * settings.EVENTS_REDIS["socket_timeout"]
+
+    def idle_long_enough() -> bool:
         assert "lost Redis" not in log.read_text(errors="replace")
         now = subscriptions_of(client, pid)
         assert [c["id"] for c in now] == [first["id"]], f"the subscriber reconnected: {now}"
-        return int(now[0]["age"]) >= 30
+        return int(now[0]["age"]) >= idle_seconds
 
-    wait_until(idle_for_30_s, 45, "30 s of one idle subscription")
+    wait_until(idle_long_enough, idle_seconds + 15, f"{idle_seconds} s of one idle subscription")
 
     stored = eventhub.store(user_channel(user_id), "update", json.dumps({"event": "update"}))
     eventhub.announce(stored)  # this test process stands in for a worker
