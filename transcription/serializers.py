@@ -89,7 +89,9 @@ def _speaker_names(text: str) -> list[str]:
 class SubmitSerializer(serializers.Serializer):
     file = serializers.FileField(allow_empty_file=True, use_url=False)
     language = serializers.CharField(required=False, allow_blank=True, max_length=16, default="")
-    model = serializers.CharField(required=False, max_length=200)
+    # A model's name as GET /api/models spells it: " base" is not "base" (DRF would trim it
+    # and take it, where the API's documented choices refuse it).
+    model = serializers.CharField(required=False, max_length=200, trim_whitespace=False)
     task = serializers.ChoiceField(choices=["transcribe", "translate"], default="transcribe")
     wordTimestamps = serializers.BooleanField(required=False, default=False)
     vadFilter = serializers.BooleanField(required=False, default=False)
@@ -261,7 +263,7 @@ class DetectLanguageSerializer(serializers.Serializer):
     says why one cannot be used."""
 
     file = serializers.FileField(allow_empty_file=True, use_url=False)
-    model = serializers.CharField(required=False, max_length=200)
+    model = serializers.CharField(required=False, max_length=200, trim_whitespace=False)
 
 
 class DetectLanguageRequestSerializer(DetectLanguageSerializer):
