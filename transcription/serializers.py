@@ -86,12 +86,18 @@ def _speaker_names(text: str) -> list[str]:
     return names
 
 
+class ModelNameField(serializers.CharField):
+    """An optional model name, taken as sent: " base" is not "base" (DRF trimmed it and the
+    name matched, where the documented choices of GET /api/models refuse it)."""
+
+    def __init__(self) -> None:
+        super().__init__(required=False, max_length=200, trim_whitespace=False)
+
+
 class SubmitSerializer(serializers.Serializer):
     file = serializers.FileField(allow_empty_file=True, use_url=False)
     language = serializers.CharField(required=False, allow_blank=True, max_length=16, default="")
-    # A model's name as GET /api/models spells it: " base" is not "base" (DRF would trim it
-    # and take it, where the API's documented choices refuse it).
-    model = serializers.CharField(required=False, max_length=200, trim_whitespace=False)
+    model = ModelNameField()
     task = serializers.ChoiceField(choices=["transcribe", "translate"], default="transcribe")
     wordTimestamps = serializers.BooleanField(required=False, default=False)
     vadFilter = serializers.BooleanField(required=False, default=False)
@@ -263,7 +269,7 @@ class DetectLanguageSerializer(serializers.Serializer):
     says why one cannot be used."""
 
     file = serializers.FileField(allow_empty_file=True, use_url=False)
-    model = serializers.CharField(required=False, max_length=200, trim_whitespace=False)
+    model = ModelNameField()
 
 
 class DetectLanguageRequestSerializer(DetectLanguageSerializer):
